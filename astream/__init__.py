@@ -1,0 +1,66 @@
+"""astream: stream training data from object stores into training, fast and reproducibly.
+
+The public names are listed in ``__all__``; everything else may change between releases.
+Heavy parts (torch, cloud SDKs) are imported only when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from astream.errors import (
+    AstreamError,
+    CacheError,
+    EncodingError,
+    FormatError,
+    IndexFormatError,
+    MissingDependencyError,
+    ObjectNotFoundError,
+    PlanError,
+    ShardCorruptError,
+    StorageError,
+    StoragePermissionError,
+    StorageTimeoutError,
+    UnsafeTypeError,
+    UnsupportedSchemeError,
+    WorldError,
+)
+
+__version__ = "0.1.0.dev0"
+
+# Public names served lazily: name -> module that defines it.
+_LAZY: dict[str, str] = {}
+
+__all__ = (
+    "AstreamError",
+    "CacheError",
+    "EncodingError",
+    "FormatError",
+    "IndexFormatError",
+    "MissingDependencyError",
+    "ObjectNotFoundError",
+    "PlanError",
+    "ShardCorruptError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageTimeoutError",
+    "UnsafeTypeError",
+    "UnsupportedSchemeError",
+    "WorldError",
+    "__version__",
+    *_LAZY,
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'astream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,113 @@
+"""Every error astream raises on purpose.
+
+::
+
+    AstreamError
+    ├── FormatError (ValueError)            bad bytes or metadata on disk or in memory
+    │   ├── IndexFormatError                an index.json that is malformed or hostile
+    │   ├── ShardCorruptError               a shard that is truncated, tampered or fails its hash
+    │   ├── EncodingError                   a value that does not fit its column's encoding
+    │   └── UnsafeTypeError                 a pickled column read without allow_unsafe_types
+    ├── MissingDependencyError (ImportError)  an optional package (codec, SDK) is not installed
+    ├── StorageError (OSError)              talking to a store failed
+    │   ├── ObjectNotFoundError (FileNotFoundError)   the object or prefix does not exist
+    │   ├── StoragePermissionError (PermissionError)  403 and the like; never retried
+    │   ├── StorageTimeoutError (TimeoutError)        connect or read timed out, after retries
+    │   └── UnsupportedSchemeError          no store is registered for the URL's scheme
+    ├── CacheError (OSError)                the node-local cache cannot hold what is asked
+    ├── WorldError (ValueError)             rank/world settings that contradict each other
+    └── PlanError (ValueError)              order parameters that cannot produce an epoch
+
+SDK and HTTP errors are translated where they cross a backend boundary, with
+``raise ... from exc`` so the original stays attached as ``__cause__``.
+
+Every class takes exactly one message string and survives pickling, so a DataLoader worker
+re-raises it in the main process with its own type.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AstreamError",
+    "CacheError",
+    "EncodingError",
+    "FormatError",
+    "IndexFormatError",
+    "MissingDependencyError",
+    "ObjectNotFoundError",
+    "PlanError",
+    "ShardCorruptError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageTimeoutError",
+    "UnsafeTypeError",
+    "UnsupportedSchemeError",
+    "WorldError",
+]
+
+
+class AstreamError(Exception):
+    """Base class of every error astream raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[AstreamError], tuple[str]]:
+        # OSError subclasses would otherwise pickle their errno/strerror split; keep one string.
+        return (type(self), (str(self),))
+
+
+class FormatError(AstreamError, ValueError):
+    """Bytes or metadata that do not follow the dataset format."""
+
+
+class IndexFormatError(FormatError):
+    """An ``index.json`` that is malformed, of an unknown version, or names unsafe paths."""
+
+
+class ShardCorruptError(FormatError):
+    """A shard file that is truncated, tampered with, or does not match its hash."""
+
+
+class EncodingError(FormatError):
+    """A value that does not fit its column's encoding (names the column and the value's type)."""
+
+
+class UnsafeTypeError(FormatError):
+    """A column encoding (``pkl``) that can run code on read, refused unless allowed."""
+
+
+class MissingDependencyError(AstreamError, ImportError):
+    """An optional package is needed; the message names the extra that installs it."""
+
+
+class StorageError(AstreamError, OSError):
+    """A store operation failed (after the retries its configuration allows)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """The object or prefix does not exist in the store."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The store refused access (HTTP 401/403). Never retried."""
+
+
+class StorageTimeoutError(StorageError, TimeoutError):
+    """Connecting or reading timed out on every allowed attempt."""
+
+
+class UnsupportedSchemeError(StorageError):
+    """No store is registered for the URL's scheme."""
+
+
+class CacheError(AstreamError, OSError):
+    """The node-local cache cannot hold what is asked (limit too small, disk full)."""
+
+
+class WorldError(AstreamError, ValueError):
+    """Rank and world-size settings that contradict each other."""
+
+
+class PlanError(AstreamError, ValueError):
+    """Sample-order parameters that cannot produce an epoch."""

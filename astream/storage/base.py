@@ -1,0 +1,189 @@
+"""The one async interface every object store implements, and its retry configuration.
+
+A :class:`Store` is rooted at a URL prefix (``s3://bucket/datasets/c4``) and takes keys relative
+to it (``shard.00000.mds``, ``sub/index.json``). Stores are cheap to construct and hold no live
+resource until first used: HTTP sessions and SDK clients are created lazily *inside* the running
+event loop and closed by :meth:`Store.aclose` on that loop. A store object is therefore bound to
+one loop; pickling drops its live resources (a worker builds its own).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ObjectInfo", "ProgressCallback", "RetryConfig", "Store", "TransferConfig"]
+
+#: Called as ``callback(start, end)`` each time bytes ``[start, end)`` of a download are on disk.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetryConfig:
+    """How a store retries and times out requests.
+
+    Retried: HTTP 5xx, 429, S3 ``SlowDown``/``RequestTimeout``, connection resets, truncated
+    bodies and timeouts. Never retried: 4xx other than 408/429 (a 403 or 404 is final).
+    """
+
+    #: Total tries of one request, the first included (so 1 means no retry).
+    attempts: int = 5
+    #: Delay before the first retry, in seconds; doubles each retry.
+    backoff_initial: float = 0.2
+    #: Ceiling of the delay between two tries, in seconds.
+    backoff_max: float = 10.0
+    #: Full jitter: each delay is drawn uniformly from ``[delay * (1 - jitter), delay]``.
+    jitter: float = 1.0
+    #: Seconds to establish a connection (TCP + TLS).
+    connect_timeout: float = 10.0
+    #: Seconds without receiving a byte on an open connection before the read is abandoned.
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryConfig.attempts must be >= 1, got {self.attempts}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"RetryConfig.jitter must be within [0, 1], got {self.jitter}")
+        for name in ("backoff_initial", "backoff_max", "connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RetryConfig.{name} must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransferConfig:
+    """How large transfers are split into concurrent requests."""
+
+    #: Bytes per range request of a download, and per part of a multipart upload.
+    part_size: int = 8 << 20
+    #: Range requests (or upload parts) of one object in flight at once.
+    concurrency: int = 8
+    #: Objects at least this large are uploaded in parts (where the store supports it).
+    multipart_threshold: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        if self.part_size < 1 or self.concurrency < 1 or self.multipart_threshold < 1:
+            raise ValueError("TransferConfig sizes and concurrency must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObjectInfo:
+    """What :meth:`Store.stat` knows of one object."""
+
+    key: str
+    size: int
+    etag: str | None = None
+
+
+class Store(abc.ABC):
+    """An object store rooted at a URL prefix; every method is a coroutine on one event loop.
+
+    Keys are ``/``-separated paths relative to :attr:`url`. Errors are astream errors
+    (:mod:`astream.errors`): a missing object raises :class:`~astream.errors.ObjectNotFoundError`
+    (a ``FileNotFoundError``) naming the full URL, with the SDK's error as ``__cause__``.
+    """
+
+    #: URL schemes this class serves (``("s3",)``); used by the registry.
+    schemes: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry: RetryConfig | None = None,
+        transfer: TransferConfig | None = None,
+    ) -> None:
+        self.url = url.rstrip("/") if not url.endswith("://") else url
+        self.retry = retry or RetryConfig()
+        self.transfer = transfer or TransferConfig()
+
+    def join(self, key: str) -> str:
+        """The full URL of ``key``, for messages and for other stores."""
+        return f"{self.url}/{key.lstrip('/')}" if key else self.url
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> ObjectInfo:
+        """Size (and etag where known) of one object."""
+
+    @abc.abstractmethod
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object; exactly ``end - start`` bytes or an error.
+
+        A range that runs past the end of the object raises
+        :class:`~astream.errors.StorageError`: a short read is never returned.
+        """
+
+    @abc.abstractmethod
+    async def read(self, key: str) -> bytes:
+        """The whole object."""
+
+    async def download(
+        self,
+        key: str,
+        dest: str | os.PathLike[str],
+        *,
+        size: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
+        """Write the object into the file ``dest`` (created or truncated) and return its size.
+
+        Parts of :attr:`TransferConfig.part_size` are fetched concurrently (at most
+        :attr:`TransferConfig.concurrency` at once) and written in place with ``pwrite``; each
+        landed part is reported to ``on_progress``. The file has exactly the object's bytes when
+        this returns; on error its contents are undefined and the caller discards it.
+        """
+        from astream.storage._transfer import ranged_download
+
+        return await ranged_download(self, key, Path(dest), size=size, on_progress=on_progress)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def write(self, key: str, data: bytes) -> None:
+        """Create or replace an object with ``data``."""
+
+    @abc.abstractmethod
+    async def upload(self, src: str | os.PathLike[str], key: str) -> None:
+        """Upload a local file, in parts when it exceeds the multipart threshold."""
+
+    # -- listing ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def list(self, prefix: str = "") -> list[str]:
+        """Every key under ``prefix`` (relative to the store root), sorted."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        from astream.errors import ObjectNotFoundError
+
+        try:
+            await self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def aclose(self) -> None:  # noqa: B027 - stores without live resources need nothing
+        """Close sessions and clients this store opened (on the loop that opened them)."""
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Live sessions belong to one loop; a pickled copy starts without them.
+        state = dict(self.__dict__)
+        for name in getattr(self, "_live_attributes", ()):
+            state[name] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,1 @@
+"""Stand-in for torchvision in the interop environment (see ../README.md)."""
