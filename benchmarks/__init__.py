@@ -1,0 +1,1 @@
+"""astream's benchmarks against its peers: ``nox -s bench`` or ``python -m benchmarks [NAME ...]``."""
