@@ -1,9 +1,1 @@
-"""Stand-in: mosaicml-streaming's loader imports these names at import time."""
-
-
-class BatchEncoding(dict):
-    pass
-
-
-class BatchFeature(dict):
-    pass
+"""Stand-in for transformers in the interop environment (see ../README.md)."""

@@ -1,0 +1,5 @@
+"""Stand-in: mosaicml-streaming's loader imports this name at import time."""
+
+
+class BatchFeature(dict):
+    pass
