@@ -98,6 +98,16 @@ def _measure(python: str, code: str, n: int, out: Path, env: dict[str, str]) -> 
     return result
 
 
+def _row(name: str, n: int, result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": f"{name} {n // 1_000_000}M",
+        "seconds": result["seconds"],
+        "peak_mb": result["peak"] / 1e6,
+        "bytes_per_sample": result["peak"] / n,
+        "rss_mb": result["rss_kib"] / 1024,
+    }
+
+
 def run(workdir: Path, quick: bool) -> dict[str, Any]:
     """Time and peak memory of one worker's ids for epochs of 10M (and 100M) samples."""
     import numpy as np
@@ -117,15 +127,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         notes.append("reference interpreter not found: astream measured alone")
     for n in sizes:
         ours = _measure(sys.executable, _ASTREAM, n, workdir / f"astream-{n}.npy", dict(os.environ))
-        rows.append(
-            {
-                "name": f"astream {n // 1_000_000}M",
-                "seconds": ours["seconds"],
-                "peak_mb": ours["peak"] / 1e6,
-                "bytes_per_sample": ours["peak"] / n,
-                "rss_mb": ours["rss_kib"] / 1024,
-            }
-        )
+        rows.append(_row("astream", n, ours))
         if reference is None:
             continue
         theirs = _measure(reference, _REFERENCE, n, workdir / f"reference-{n}.npy", ref_env)
@@ -134,15 +136,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
                 np.load(workdir / f"astream-{n}.npy"), np.load(workdir / f"reference-{n}.npy")
             )
         )
-        rows.append(
-            {
-                "name": f"mosaicml-streaming {n // 1_000_000}M",
-                "seconds": theirs["seconds"],
-                "peak_mb": theirs["peak"] / 1e6,
-                "bytes_per_sample": theirs["peak"] / n,
-                "rss_mb": theirs["rss_kib"] / 1024,
-            }
-        )
+        rows.append(_row("mosaicml-streaming", n, theirs))
         label = f"{n // 1_000_000}M"
         ratios[f"speed vs reference {label}"] = theirs["seconds"] / ours["seconds"]
         ratios[f"memory vs reference {label}"] = theirs["peak"] / ours["peak"]
