@@ -1,9 +1,4 @@
-"""Properties of the sample order that users rely on, over many worlds and configurations.
-
-Global batches are rebuilt from per-worker ids the way a DataLoader and DDP consume them: each
-rank's workers hand out batches of ``batch_size`` in turn (worker 0, 1, ..., W-1, worker 0, ...),
-padding (-1) is skipped, and global batch t is every rank's t-th batch.
-"""
+"""Properties of the sample order that users rely on, over many worlds and configurations."""
 
 from __future__ import annotations
 
@@ -13,65 +8,12 @@ from dataclasses import replace
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plan_helpers import all_worlds, global_batches
 
 from astream.plan import EpochPlan, OrderConfig, StreamWeighting, World
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHUFFLES = ["py1e", "py1br", "py1s", "py2s", "naive"]
-
-
-def all_worlds(nodes: int, ranks: int, workers: int) -> list[World]:
-    return [
-        World(
-            num_nodes=nodes,
-            ranks_per_node=ranks,
-            node=p,
-            rank_in_node=r,
-            workers_per_rank=workers,
-            worker=w,
-        )
-        for p in range(nodes)
-        for r in range(ranks)
-        for w in range(workers)
-    ]
-
-
-def global_batches(
-    plan: EpochPlan, nodes: int, ranks: int, workers: int, batch: int, epoch: int, at: int
-) -> list[list[int]]:
-    """Global batches (sorted ids) as DataLoader workers and DDP ranks would consume them."""
-    per_rank: list[list[np.ndarray]] = []
-    for p in range(nodes):
-        for r in range(ranks):
-            ids = [
-                plan.worker_ids(
-                    World(
-                        num_nodes=nodes,
-                        ranks_per_node=ranks,
-                        node=p,
-                        rank_in_node=r,
-                        workers_per_rank=workers,
-                        worker=w,
-                    ),
-                    epoch,
-                    at,
-                )
-                for w in range(workers)
-            ]
-            rounds = len(ids[0]) // batch
-            batches = []
-            for k in range(rounds):
-                for w in range(workers):
-                    chunk = ids[w][k * batch : (k + 1) * batch]
-                    chunk = chunk[chunk >= 0]
-                    if len(chunk):
-                        batches.append(chunk)
-            per_rank.append(batches)
-    longest = max(len(b) for b in per_rank)
-    return [
-        sorted(np.concatenate([b[t] for b in per_rank if t < len(b)]).tolist())
-        for t in range(longest)
-    ]
 
 
 def epoch_counts(plan: EpochPlan, nodes: int, ranks: int, workers: int) -> Counter[int]:
