@@ -12,14 +12,16 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["ObjectInfo", "ProgressCallback", "RetryConfig", "Store", "TransferConfig"]
 
 #: Called as ``callback(start, end)`` each time bytes ``[start, end)`` of a download are on disk.
 ProgressCallback = Callable[[int, int], None]
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -99,6 +101,24 @@ class Store(abc.ABC):
         self.url = url.rstrip("/") if not url.endswith("://") else url
         self.retry = retry or RetryConfig()
         self.transfer = transfer or TransferConfig()
+        #: Retries (attempts after the first) this store has made, over all its requests; the
+        #: engine reports it in its statistics. One store lives on one loop: no lock needed.
+        self.retries = 0
+
+    def _count_retry(self) -> None:
+        self.retries += 1
+
+    async def _retrying(self, key: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one request through the shared retry loop (:mod:`astream.storage._retry`).
+
+        ``operation`` issues a fresh request each call; its failures are classified, retried
+        per :attr:`retry`, and final ones raised as astream errors naming :meth:`join`\\(key).
+        """
+        from astream.storage._retry import call_with_retries
+
+        return await call_with_retries(
+            operation, config=self.retry, url=self.join(key), on_retry=self._count_retry
+        )
 
     def join(self, key: str) -> str:
         """The full URL of ``key``, for messages and for other stores."""

@@ -1,0 +1,198 @@
+"""Read-only store over plain HTTP(S) with Range requests (aiohttp).
+
+URLs: ``http://host[:port]/path`` and ``https://...``. Keys are appended to the root URL (each
+``/``-separated segment percent-encoded). The server must answer ``Range: bytes=a-b`` with 206
+and ``Content-Range``; a server that ignores ranges (answers 200) still works, at the cost of
+the whole body per request. Writing and listing raise :class:`~astream.errors.StorageError`:
+plain HTTP has no standard way to do either.
+
+Options: ``headers`` (a mapping sent with every request, e.g. an ``Authorization`` token) and
+``connections`` (the session's connection cap, default 64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+
+import aiohttp
+
+from astream.errors import StorageError
+from astream.storage._retry import TruncatedBody, error_for_status
+from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
+
+__all__ = ["HTTPStore"]
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class HTTPStore(Store):
+    """Objects are resources under a root URL, fetched with GET/HEAD and ``Range``."""
+
+    schemes = ("http", "https")
+    _live_attributes = ("_session", "_session_loop")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry: RetryConfig | None = None,
+        transfer: TransferConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+        connections: int = 64,
+    ) -> None:
+        super().__init__(url, retry=retry, transfer=transfer)
+        self.headers = dict(headers or {})
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    def join(self, key: str) -> str:
+        key = key.lstrip("/")
+        if not key:
+            return self.url
+        return f"{self.url}/{urllib.parse.quote(key, safe='/~-._')}"
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            # A session belongs to the loop that made it; a store used from a new loop (after
+            # a fork, in a new worker) drops the old one unclosed and makes its own.
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.retry.connect_timeout,
+                sock_read=self.retry.read_timeout,
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(limit=self.connections),
+                headers=self.headers,
+                # Ranges address stored bytes: never let the client decode a Content-Encoding.
+                auto_decompress=False,
+                raise_for_status=False,
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session, self._session_loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _check(self, response: aiohttp.ClientResponse, url: str) -> None:
+        if response.status >= 400:
+            final = error_for_status(response.status, url, response.reason or "")
+            if final is not None:
+                raise final
+            raise aiohttp.ClientResponseError(
+                response.request_info,
+                response.history,
+                status=response.status,
+                message=response.reason or "",
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo:
+        url = self.join(key)
+
+        async def head() -> ObjectInfo:
+            session = await self._get_session()
+            async with session.head(url, allow_redirects=True) as response:
+                if response.status == 405:  # HEAD not allowed: ask for the first byte instead
+                    return await self._stat_by_get(key, url)
+                self._check(response, url)
+                length = response.headers.get("Content-Length")
+                if length is None:
+                    return await self._stat_by_get(key, url)
+                return ObjectInfo(key=key, size=int(length), etag=response.headers.get("ETag"))
+
+        return await self._retrying(key, head)
+
+    async def _stat_by_get(self, key: str, url: str) -> ObjectInfo:
+        session = await self._get_session()
+        async with session.get(url, headers={"Range": "bytes=0-0"}) as response:
+            if response.status == 416:  # an empty object has no first byte
+                return ObjectInfo(key=key, size=0, etag=response.headers.get("ETag"))
+            self._check(response, url)
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match and match.group(3) != "*":
+                return ObjectInfo(
+                    key=key, size=int(match.group(3)), etag=response.headers.get("ETag")
+                )
+            body = await response.read()
+            return ObjectInfo(key=key, size=len(body), etag=response.headers.get("ETag"))
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        if not 0 <= start <= end:
+            raise ValueError(f"bad range [{start}, {end}) for {self.join(key)}")
+        if start == end:
+            return b""
+        url = self.join(key)
+        want = end - start
+
+        async def get() -> bytes:
+            session = await self._get_session()
+            headers = {"Range": f"bytes={start}-{end - 1}"}
+            async with session.get(url, headers=headers) as response:
+                if response.status == 416:
+                    raise StorageError(f"range [{start}, {end}) is past the end of {url}")
+                self._check(response, url)
+                if response.status == 200:
+                    # The server ignored Range: take our slice of the whole body.
+                    body = await response.read()
+                    if len(body) < end:
+                        raise StorageError(
+                            f"range [{start}, {end}) is past the end of {url} ({len(body)} bytes)"
+                        )
+                    return body[start:end]
+                match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+                if match is None or int(match.group(1)) != start:
+                    raise StorageError(
+                        f"{url}: unexpected Content-Range "
+                        f"{response.headers.get('Content-Range')!r} for bytes {start}-{end - 1}"
+                    )
+                if int(match.group(2)) + 1 < end:
+                    # The server clipped the range at the end of the object: a caller error,
+                    # not a transient one.
+                    raise StorageError(
+                        f"range [{start}, {end}) is past the end of {url} ({match.group(3)} bytes)"
+                    )
+                body = await response.read()
+                if len(body) != want:
+                    raise TruncatedBody(f"{url}: got {len(body)} of {want} bytes")
+                return body
+
+        return await self._retrying(key, get)
+
+    async def read(self, key: str) -> bytes:
+        url = self.join(key)
+
+        async def get() -> bytes:
+            session = await self._get_session()
+            async with session.get(url) as response:
+                self._check(response, url)
+                body = await response.read()
+                length = response.headers.get("Content-Length")
+                if length is not None and len(body) != int(length):
+                    raise TruncatedBody(f"{url}: got {len(body)} of {length} bytes")
+                return body
+
+        return await self._retrying(key, get)
+
+    # -- writing and listing: not part of plain HTTP ---------------------------------------
+
+    def _read_only(self, what: str, key: str) -> StorageError:
+        return StorageError(f"cannot {what} {self.join(key)}: http(s) stores are read-only")
+
+    async def write(self, key: str, data: bytes) -> None:
+        raise self._read_only("write", key)
+
+    async def upload(self, src: str | os.PathLike[str], key: str) -> None:
+        raise self._read_only("upload to", key)
+
+    async def list(self, prefix: str = "") -> list[str]:
+        raise StorageError(f"cannot list {self.join(prefix)}: http(s) stores have no listing")
