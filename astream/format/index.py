@@ -1,0 +1,364 @@
+"""The dataset index (``index.json``, version 2): its model, validation and merging.
+
+:func:`load_index` treats the index as hostile input: every field is checked, and a basename
+that could name a file outside the dataset (absolute, ``..``, backslash) is refused, since the
+engine turns basenames into paths in its cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from astream.errors import IndexFormatError
+from astream.format.atomic import write_atomic
+from astream.format.codecs import is_compression
+from astream.format.hashing import is_hash
+
+__all__ = [
+    "INDEX_BASENAME",
+    "SHARD_FORMATS",
+    "DatasetIndex",
+    "FileInfo",
+    "ShardInfo",
+    "check_basename",
+    "load_index",
+    "merge_index",
+]
+
+INDEX_BASENAME = "index.json"
+#: Shard formats an index may name.
+SHARD_FORMATS = frozenset({"mds", "json", "csv", "tsv", "xsv"})
+_SEPARATORS = {"csv": ",", "tsv": "\t"}
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a shard as the index records it.
+
+    :param basename: path relative to the dataset root (``"shard.00000.mds"``).
+    :param bytes: the file's size.
+    :param hashes: algorithm name -> hex digest.
+    """
+
+    basename: str
+    bytes: int
+    hashes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard's entry in the index.
+
+    ``entry`` is the entry exactly as read (or written), so that :meth:`DatasetIndex.to_json`
+    re-dumps an index byte for byte.
+    """
+
+    format: str
+    samples: int
+    raw: FileInfo
+    zip: FileInfo | None
+    compression: str | None
+    hashes: tuple[str, ...]
+    size_limit: int | None
+    column_names: tuple[str, ...] = ()
+    column_encodings: tuple[str, ...] = ()
+    column_sizes: tuple[int | None, ...] = ()
+    raw_meta: FileInfo | None = None
+    zip_meta: FileInfo | None = None
+    newline: str = "\n"
+    separator: str = ","
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def basenames(self) -> tuple[str, ...]:
+        """Every file this entry names (raw, compressed, meta)."""
+        infos = (self.raw, self.zip, self.raw_meta, self.zip_meta)
+        return tuple(info.basename for info in infos if info is not None)
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A dataset's shards, in order."""
+
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def samples(self) -> int:
+        """The total number of samples over every shard."""
+        return sum(shard.samples for shard in self.shards)
+
+    def to_json(self) -> bytes:
+        """Return the index as mosaicml-streaming writes it (``json.dump``, sorted keys)."""
+        obj = {"shards": [dict(shard.entry) for shard in self.shards], "version": 2}
+        return json.dumps(obj, sort_keys=True).encode("utf-8")
+
+
+def check_basename(basename: str, where: str) -> None:
+    """Refuse a basename that is not a plain relative path inside the dataset.
+
+    :raises IndexFormatError: naming ``where`` for an absolute path, ``..``, ``.``, an empty
+        component, a backslash, a drive letter or a NUL.
+    """
+    problem = None
+    if not basename:
+        problem = "is empty"
+    elif basename.startswith("/"):
+        problem = "is an absolute path"
+    elif "\\" in basename:
+        problem = "contains a backslash"
+    elif "\0" in basename:
+        problem = "contains a NUL byte"
+    elif len(basename) >= 2 and basename[1] == ":":
+        problem = "starts with a drive letter"
+    else:
+        parts = basename.split("/")
+        if ".." in parts:
+            problem = "contains '..'"
+        elif "." in parts or "" in parts:
+            problem = "contains an empty or '.' component"
+    if problem is not None:
+        raise IndexFormatError(
+            f"{where}: basename {basename!r} {problem}; it must stay inside the dataset"
+        )
+
+
+class _Reader:
+    """Typed field access with the field path in every error."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> IndexFormatError:
+        return IndexFormatError(f"{self.source}: {path}: {problem}")
+
+    def get(
+        self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]
+    ) -> Any:
+        if key not in obj:
+            raise self.fail(f"{path}.{key}" if path else key, "missing")
+        return self.check(obj[key], f"{path}.{key}" if path else key, kind)
+
+    def check(self, value: Any, path: str, kind: type | tuple[type, ...]) -> Any:
+        # bool is an int subclass; a size or count of `true` is a malformed index.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(path, "expected a number, got a boolean")
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.fail(path, f"expected {_json_name(names)}, got {type(value).__name__}")
+        return value
+
+    def count(self, obj: Mapping[str, Any], key: str, path: str) -> int:
+        value: int = self.get(obj, key, path, int)
+        if value < 0:
+            raise self.fail(f"{path}.{key}", f"cannot be negative ({value})")
+        return value
+
+    def strings(self, obj: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+        items = self.get(obj, key, path, list)
+        return tuple(self.check(item, f"{path}.{key}[{i}]", str) for i, item in enumerate(items))
+
+    def file_info(
+        self, obj: Mapping[str, Any], key: str, path: str, optional: bool
+    ) -> FileInfo | None:
+        where = f"{path}.{key}"
+        value = obj.get(key)
+        if value is None:
+            if optional:
+                return None
+            raise self.fail(where, "missing")
+        self.check(value, where, dict)
+        basename: str = self.get(value, "basename", where, str)
+        check_basename(basename, f"{self.source}: {where}.basename")
+        size = self.count(value, "bytes", where)
+        hashes = self.get(value, "hashes", where, dict) if "hashes" in value else {}
+        for algo, digest in hashes.items():
+            self.check(digest, f"{where}.hashes.{algo}", str)
+        return FileInfo(basename, size, dict(hashes))
+
+
+def _json_name(names: str) -> str:
+    return (
+        names.replace("dict", "object")
+        .replace("list", "array")
+        .replace("str", "string")
+        .replace("NoneType", "null")
+    )
+
+
+def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
+    reader.check(obj, path, dict)
+    fmt: str = reader.get(obj, "format", path, str)
+    if fmt not in SHARD_FORMATS:
+        raise reader.fail(f"{path}.format", f"unknown shard format {fmt!r}")
+    version = reader.get(obj, "version", path, int) if "version" in obj else 2
+    if version != 2:
+        raise reader.fail(f"{path}.version", f"unsupported shard version {version}; expected 2")
+    samples = reader.count(obj, "samples", path)
+    compression = (
+        reader.get(obj, "compression", path, (str, type(None))) if "compression" in obj else None
+    )
+    compression = compression or None
+    if compression is not None and not is_compression(compression):
+        raise reader.fail(f"{path}.compression", f"unknown compression {compression!r}")
+    hashes = reader.strings(obj, "hashes", path) if "hashes" in obj else ()
+    for i, algo in enumerate(hashes):
+        if not is_hash(algo):
+            raise reader.fail(f"{path}.hashes[{i}]", f"unknown hash algorithm {algo!r}")
+    size_limit = obj.get("size_limit")
+    if size_limit is not None:
+        size_limit = reader.count(obj, "size_limit", path)
+    raw = reader.file_info(obj, "raw_data", path, optional=False)
+    assert raw is not None
+    zip_ = reader.file_info(obj, "zip_data", path, optional=True)
+    if (zip_ is None) != (compression is None):
+        raise reader.fail(f"{path}.zip_data", "must be present exactly when compression is set")
+    common: dict[str, Any] = {
+        "format": fmt,
+        "samples": samples,
+        "raw": raw,
+        "zip": zip_,
+        "compression": compression,
+        "hashes": hashes,
+        "size_limit": size_limit,
+        "entry": obj,
+    }
+    if fmt == "mds":
+        names = reader.strings(obj, "column_names", path)
+        encodings = reader.strings(obj, "column_encodings", path)
+        sizes_raw = reader.get(obj, "column_sizes", path, list)
+        sizes = tuple(
+            None if size is None else reader.check(size, f"{path}.column_sizes[{i}]", int)
+            for i, size in enumerate(sizes_raw)
+        )
+        if any(size is not None and size < 0 for size in sizes):
+            raise reader.fail(f"{path}.column_sizes", "cannot hold negative sizes")
+        if not len(names) == len(encodings) == len(sizes):
+            raise reader.fail(
+                path, "column_names, column_encodings and column_sizes differ in length"
+            )
+        return ShardInfo(
+            **common, column_names=names, column_encodings=encodings, column_sizes=sizes
+        )
+    raw_meta = reader.file_info(obj, "raw_meta", path, optional=False)
+    zip_meta = reader.file_info(obj, "zip_meta", path, optional=True)
+    if (zip_meta is None) != (compression is None):
+        raise reader.fail(f"{path}.zip_meta", "must be present exactly when compression is set")
+    newline: str = reader.get(obj, "newline", path, str) if "newline" in obj else "\n"
+    if not newline:
+        raise reader.fail(f"{path}.newline", "cannot be empty")
+    if fmt == "json":
+        columns = reader.get(obj, "columns", path, dict)
+        for name, kind in columns.items():
+            reader.check(kind, f"{path}.columns.{name}", str)
+        return ShardInfo(
+            **common,
+            column_names=tuple(columns),
+            column_encodings=tuple(columns.values()),
+            raw_meta=raw_meta,
+            zip_meta=zip_meta,
+            newline=newline,
+        )
+    names = reader.strings(obj, "column_names", path)
+    encodings = reader.strings(obj, "column_encodings", path)
+    if len(names) != len(encodings):
+        raise reader.fail(path, "column_names and column_encodings differ in length")
+    separator = _SEPARATORS.get(fmt)
+    if separator is None:
+        separator = reader.get(obj, "separator", path, str)
+    if not separator:
+        raise reader.fail(f"{path}.separator", "cannot be empty")
+    return ShardInfo(
+        **common,
+        column_names=names,
+        column_encodings=encodings,
+        raw_meta=raw_meta,
+        zip_meta=zip_meta,
+        newline=newline,
+        separator=separator,
+    )
+
+
+def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
+    """Parse and validate an ``index.json``.
+
+    :param data: the file's contents.
+    :param source: the file or URL it came from, named in every error.
+    :raises IndexFormatError: naming ``source`` and the offending field path
+        (``shards[3].raw_data.basename``) for malformed JSON, a version other than 2, a wrong
+        type, a negative size, an unsafe or duplicate basename.
+    """
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{source}: not valid JSON: {exc}") from exc
+    reader = _Reader(source)
+    reader.check(obj, "index", dict)
+    version = reader.get(obj, "version", "", int)
+    if version != 2:
+        raise reader.fail("version", f"unsupported index version {version}; expected 2")
+    entries = reader.get(obj, "shards", "", list)
+    shards = tuple(_shard(reader, entry, f"shards[{i}]") for i, entry in enumerate(entries))
+    seen: dict[str, int] = {}
+    for i, shard in enumerate(shards):
+        for basename in shard.basenames:
+            if basename in seen:
+                raise reader.fail(
+                    f"shards[{i}]",
+                    f"basename {basename!r} is also used by shards[{seen[basename]}]",
+                )
+            seen[basename] = i
+    return DatasetIndex(shards)
+
+
+def merge_index(
+    out: str | os.PathLike[str], index_files: Sequence[str | os.PathLike[str]] | None = None
+) -> DatasetIndex:
+    """Merge the indexes of datasets written into subfolders of ``out`` into ``out/index.json``.
+
+    As mosaicml-streaming's ``merge_index`` for local folders: each subfolder's shards keep
+    their order, their basenames get the subfolder's path as a prefix (``part0/shard.00000.mds``)
+    and subfolders are taken in sorted path order. ``index_files`` picks the index files
+    instead of searching ``out`` (each must lie under ``out``). The merged index is written
+    atomically and returned.
+
+    :raises IndexFormatError: when a part's index is malformed or lies outside ``out``.
+    :raises FileNotFoundError: when ``out`` or a named index file does not exist.
+    """
+    root = Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"merge_index: {root} is not a directory")
+    if index_files is None:
+        paths = sorted(
+            (Path(dirpath) / INDEX_BASENAME)
+            for dirpath, _dirs, files in os.walk(root)
+            if INDEX_BASENAME in files and Path(dirpath) != root
+        )
+    else:
+        paths = list(dict.fromkeys(Path(path) for path in index_files))
+    merged: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            prefix = path.resolve().parent.relative_to(root.resolve()).as_posix()
+        except ValueError as exc:
+            raise IndexFormatError(f"{path}: merge_index needs index files under {root}") from exc
+        part = load_index(path.read_bytes(), source=str(path))
+        for shard in part.shards:
+            entry = json.loads(json.dumps(shard.entry))
+            for key in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
+                if entry.get(key):
+                    entry[key]["basename"] = (
+                        f"{prefix}/{entry[key]['basename']}"
+                        if prefix != "."
+                        else entry[key]["basename"]
+                    )
+            merged.append(entry)
+    # Key order and spacing as mosaicml-streaming writes a merged index (no key sorting).
+    data = json.dumps({"version": 2, "shards": merged}).encode("utf-8")
+    result = load_index(data, source=str(root / INDEX_BASENAME))
+    write_atomic(root / INDEX_BASENAME, data)
+    return result
