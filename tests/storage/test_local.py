@@ -49,3 +49,23 @@ async def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
 def test_unknown_scheme() -> None:
     with pytest.raises(UnsupportedSchemeError, match="nosuch://"):
         open_store("nosuch://bucket/x")
+
+
+def test_register_store_serves_a_new_scheme(tmp_path: Path) -> None:
+    from astream.storage import register_store
+    from astream.storage.registry import _FACTORIES
+
+    class MemStore(LocalStore):
+        pass
+
+    def factory(url: str, **options: object) -> Store:
+        return MemStore(str(tmp_path))
+
+    register_store("memtest", factory)
+    try:
+        assert isinstance(open_store("memtest://x"), MemStore)
+        with pytest.raises(ValueError, match="already registered"):
+            register_store("memtest", factory)
+        register_store("memtest", factory, replace=True)
+    finally:
+        _FACTORIES.pop("memtest", None)
