@@ -1,0 +1,628 @@
+"""The node-local shard cache: each shard on local disk once per node, bounded by an LRU limit.
+
+One cache directory per stream (its ``local`` dir) is shared by every rank and DataLoader worker
+of a node. There is no daemon, no shared memory and no database: every piece of cross-process
+state is a file under the root, guarded by ``flock`` locks that the kernel releases when a
+process dies, so a process killed with SIGKILL at any point leaves nothing that blocks or
+corrupts the next run.
+
+Layout under ``root``::
+
+    index.json                      the stream's index (fetch_index)
+    shard.00000.mds                 raw shards, at their index basenames (subfolders allowed)
+    shard.00000.mds.zstd            compressed files, only with keep_zip (or already there)
+    .shard.00000.mds.astream-tmp-*  a download or decompression in progress (or killed)
+    .astream/cache.lock             serialises evictors
+    .astream/index-*.lock           one per index file name
+    .astream/locks/<shard>.lock     one per shard: exclusive to download or evict it, shared to
+                                    read it (a "pin")
+    .astream/shards/<shard>.json    one per shard on disk: the files it consists of; its mtime
+                                    is the shard's last use (LRU)
+
+Invariants:
+
+- A raw file at its final name is complete: it only ever arrives there by ``os.replace`` from a
+  temporary file that had the exact size (and hash, when asked) of the index. So "present with
+  the index's size" (:meth:`ShardCache.is_ready`) means ready, with no lock needed to check.
+- Only the holder of a shard's exclusive lock writes, renames or deletes that shard's files;
+  temporary files of a shard are therefore garbage whenever one holds its lock, and the holder
+  removes those a killed process left behind.
+- Eviction deletes a shard only while holding its exclusive lock, taken without waiting: a
+  shard that any process pins (shared lock) or downloads (exclusive lock) is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio.to_thread
+
+from astream.engine._locks import FileLock
+from astream.errors import CacheError, FormatError, ShardCorruptError
+from astream.format.codecs import decompress_file
+from astream.format.hashing import hash_file
+from astream.format.index import FileInfo, ShardInfo
+from astream.storage.base import ProgressCallback, Store
+from astream.units import parse_bytes
+
+__all__ = ["CacheStatistics", "ShardCache", "ShardPin", "fetch_index"]
+
+_META_DIR = ".astream"
+# Marker of temporary files, as LocalStore's atomic writes use: a dot-file beside its target.
+_TMP_MARKER = ".astream-tmp-"
+# How many times acquire() re-fetches a shard that another process evicted between our fetch and
+# our pin. Only a limit far below the working set makes this happen twice in a row.
+_ACQUIRE_TRIES = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheStatistics:
+    """What one :class:`ShardCache` object did, since it was created in this process."""
+
+    #: fetch() calls that found the shard ready (at once, or after another process fetched it).
+    hits: int = 0
+    #: fetch() calls that downloaded the shard (this process held the lock and did the work).
+    misses: int = 0
+    #: Bytes received from the store (compressed bytes for compressed shards).
+    bytes_downloaded: int = 0
+    #: Shards this process deleted to stay under the limit.
+    evictions: int = 0
+    #: Bytes those evictions freed.
+    bytes_evicted: int = 0
+
+
+def _temp_name(final: Path) -> Path:
+    # pid and a random token: unique across processes and across retries within one.
+    return final.with_name(f".{final.name}{_TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return os.stat(path).st_size == size
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_temps(final: Path) -> None:
+    """Delete temporary files of ``final`` (the caller holds the lock that guards it)."""
+    prefix = f".{final.name}{_TMP_MARKER}"
+    try:
+        entries = list(os.scandir(final.parent))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            _unlink(Path(entry.path))
+
+
+def _file_pairs(shard: ShardInfo) -> list[tuple[FileInfo, FileInfo | None]]:
+    """(raw, compressed) pairs of a shard's files: the meta file first (JSON/CSV), data last.
+
+    The data file comes last so that its temporary file, which the engine may read while it
+    downloads, is only announced once the meta file (with the sample offsets) is in place.
+    """
+    pairs: list[tuple[FileInfo, FileInfo | None]] = []
+    if shard.raw_meta is not None:
+        pairs.append((shard.raw_meta, shard.zip_meta))
+    pairs.append((shard.raw, shard.zip))
+    return pairs
+
+
+class ShardPin:
+    """A shared lock on one shard: while held, no process evicts it.
+
+    Use as a context manager (``with cache.pin(shard) as path:``) or call :meth:`release`.
+    """
+
+    def __init__(self, path: Path, lock: FileLock | None) -> None:
+        #: The raw shard's local path.
+        self.path = path
+        self._lock = lock
+
+    def release(self) -> None:
+        """Release the pin; idempotent."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"ShardPin({str(self.path)!r})"
+
+
+class ShardCache:
+    """The shards of one stream on local disk, shared by every process of the node.
+
+    The object holds no open file or lock between calls, so it pickles into DataLoader workers;
+    each copy counts its own :meth:`statistics`.
+
+    :param root: the stream's local directory. Created on first use, not here.
+    :param limit: bytes of shard files the directory may hold (an int or ``"100gb"``); ``None``
+        for no limit. Least recently used shards are evicted to stay under it.
+    :param evictable: ``False`` when the directory *is* the dataset (it has no remote): then
+        nothing is ever deleted, and no LRU stamps or read locks are kept.
+    """
+
+    def __init__(
+        self, root: Path | str, *, limit: int | str | None = None, evictable: bool = True
+    ) -> None:
+        self.root = Path(root)
+        self.limit = None if limit is None else parse_bytes(limit)
+        self.evictable = evictable
+        self._meta = self.root / _META_DIR
+        self._counts_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    # -- paths and readiness -----------------------------------------------------------------
+
+    def raw_path(self, shard: ShardInfo) -> Path:
+        """Where the shard's raw (decompressed) data file lives."""
+        return self.root / shard.raw.basename
+
+    def is_ready(self, shard: ShardInfo) -> bool:
+        """Whether the shard's raw files (data, and meta for JSON/CSV) are present at their
+        index sizes, which in this cache means complete (see the module invariants)."""
+        return all(_has_size(self.root / raw.basename, raw.bytes) for raw, _ in _file_pairs(shard))
+
+    def _lock_path(self, shard: ShardInfo) -> Path:
+        return self._meta / "locks" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.lock"
+
+    def _stamp_path(self, shard: ShardInfo) -> Path:
+        return self._meta / "shards" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.json"
+
+    def _ensure_dirs(self) -> None:
+        (self._meta / "locks").mkdir(parents=True, exist_ok=True)
+        (self._meta / "shards").mkdir(parents=True, exist_ok=True)
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _count(self, **increments: int) -> None:
+        # fetch runs on the loop thread, pin/evict may run on the consumer's: keep counts exact.
+        with self._counts_lock:
+            for name, value in increments.items():
+                self._counts[name] = self._counts.get(name, 0) + value
+
+    def statistics(self) -> CacheStatistics:
+        """A snapshot of this object's counters."""
+        with self._counts_lock:
+            return CacheStatistics(**self._counts)
+
+    #: The same as :meth:`statistics`.
+    stats = statistics
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        store: Store,
+        shard: ShardInfo,
+        *,
+        validate_hash: str | None = None,
+        keep_zip: bool = False,
+        on_raw_started: Callable[[Path], None] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Make sure the shard is on local disk, downloading it at most once per node.
+
+        Another process fetching the same shard makes this one wait on the shard's lock (without
+        blocking the event loop) and then return its result. A compressed shard is downloaded,
+        checked, decompressed, then renamed into place; a compressed file already in the
+        directory (a dataset stored compressed locally) is decompressed without a download.
+
+        :param store: where the shard's files live, under their index basenames.
+        :param validate_hash: a hash algorithm of the index to check the downloaded file with
+            (the compressed file when there is one, else the raw file).
+        :param keep_zip: keep the downloaded compressed file beside the raw one.
+        :param on_raw_started: for an uncompressed shard that is downloaded here, called with the
+            temporary file's path once it exists at its full size and before any byte lands. The
+            file is renamed into place when complete, so a descriptor opened on it stays valid.
+        :param on_progress: with ``on_raw_started``: called as ``(start, end)`` on the loop
+            thread for each byte range of the raw data file now on disk. Not called for
+            compressed shards (their ranges are not raw ranges).
+        :returns: :meth:`raw_path` of the shard.
+        :raises ShardCorruptError: a downloaded file with the wrong size or hash, or that does
+            not decompress; nothing is left in place.
+        :raises CacheError: the limit cannot make room for the shard.
+        :raises StorageError: the store failed (after its retries).
+        """
+        path = self.raw_path(shard)
+        if self.is_ready(shard):
+            self._count(hits=1)
+            self.touch(shard)
+            return path
+        self._ensure_dirs()
+        lock = await FileLock.acquire_async(self._lock_path(shard))
+        try:
+            # Whoever held the lock before us may have completed the shard.
+            if self.is_ready(shard):
+                self._count(hits=1)
+                self.touch(shard)
+                return path
+            for raw, zip_info in _file_pairs(shard):
+                _remove_temps(self.root / raw.basename)
+                if zip_info is not None:
+                    _remove_temps(self.root / zip_info.basename)
+            if self.evictable and self.limit is not None:
+                await anyio.to_thread.run_sync(
+                    self._evict, self._bytes_needed(shard), shard.raw.basename
+                )
+            for raw, zip_info in _file_pairs(shard):
+                is_data = raw is shard.raw
+                await self._fetch_file(
+                    store,
+                    shard,
+                    raw,
+                    zip_info,
+                    validate_hash=validate_hash,
+                    keep_zip=keep_zip,
+                    on_raw_started=on_raw_started if is_data else None,
+                    on_progress=on_progress if is_data else None,
+                )
+            self._count(misses=1)
+            self.touch(shard)
+        finally:
+            lock.release()
+        return path
+
+    @staticmethod
+    def _bytes_needed(shard: ShardInfo) -> int:
+        # Peak bytes a fetch adds: the compressed file exists beside the raw one while it
+        # decompresses, whether or not it is kept afterwards.
+        return sum(raw.bytes + (0 if z is None else z.bytes) for raw, z in _file_pairs(shard))
+
+    async def _fetch_file(
+        self,
+        store: Store,
+        shard: ShardInfo,
+        raw: FileInfo,
+        zip_info: FileInfo | None,
+        *,
+        validate_hash: str | None,
+        keep_zip: bool,
+        on_raw_started: Callable[[Path], None] | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        dest = self.root / raw.basename
+        if _has_size(dest, raw.bytes):
+            return  # the meta file of a shard whose data file was evicted or lost
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temps: list[Path] = []
+        try:
+            if zip_info is None:
+                tmp = _temp_name(dest)
+                temps.append(tmp)
+                # Full size before any byte lands: a reader may open it now and read each range
+                # once on_progress reports it (ranged_download preallocates the same way).
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    os.ftruncate(fd, raw.bytes)
+                finally:
+                    os.close(fd)
+                if on_raw_started is not None:
+                    on_raw_started(tmp)
+                await self._download(store, shard, raw, tmp, on_progress)
+                await self._check_hash(shard, raw, tmp, validate_hash)
+                os.replace(tmp, dest)
+                return
+            zip_dest = self.root / zip_info.basename
+            local_zip = _has_size(zip_dest, zip_info.bytes)
+            if local_zip:
+                src = zip_dest
+            else:
+                src = _temp_name(zip_dest)
+                temps.append(src)
+                await self._download(store, shard, zip_info, src, None)
+            await self._check_hash(shard, zip_info, src, validate_hash)
+            raw_tmp = _temp_name(dest)
+            temps.append(raw_tmp)
+            codec = shard.compression or ""
+            try:
+                await anyio.to_thread.run_sync(decompress_file, codec, src, raw_tmp)
+            except ShardCorruptError as exc:
+                raise ShardCorruptError(
+                    f"shard {raw.basename}: {zip_info.basename} does not decompress as {codec}"
+                ) from exc
+            size = os.stat(raw_tmp).st_size
+            if size != raw.bytes:
+                raise ShardCorruptError(
+                    f"shard {raw.basename}: {zip_info.basename} decompresses to {size} bytes, "
+                    f"the index says {raw.bytes}"
+                )
+            if not local_zip:
+                if keep_zip:
+                    os.replace(src, zip_dest)
+                else:
+                    _unlink(src)
+            os.replace(raw_tmp, dest)
+        finally:
+            # After a success each temp was renamed or deleted and this finds nothing.
+            for tmp in temps:
+                _unlink(tmp)
+
+    async def _download(
+        self,
+        store: Store,
+        shard: ShardInfo,
+        info: FileInfo,
+        tmp: Path,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        await store.download(info.basename, tmp, size=info.bytes, on_progress=on_progress)
+        size = os.stat(tmp).st_size
+        self._count(bytes_downloaded=size)
+        if size != info.bytes:
+            raise ShardCorruptError(
+                f"shard {shard.raw.basename}: downloaded {store.join(info.basename)} is "
+                f"{size} bytes, the index says {info.bytes}"
+            )
+
+    @staticmethod
+    async def _check_hash(shard: ShardInfo, info: FileInfo, path: Path, algo: str | None) -> None:
+        if algo is None:
+            return
+        expected = info.hashes.get(algo)
+        if expected is None:
+            known = ", ".join(sorted(info.hashes)) or "none"
+            raise FormatError(
+                f"shard {shard.raw.basename}: validate_hash={algo!r} but the index records "
+                f"no {algo} hash of {info.basename} (it has: {known})"
+            )
+        actual = await anyio.to_thread.run_sync(hash_file, algo, path)
+        if actual != expected:
+            raise ShardCorruptError(
+                f"shard {shard.raw.basename}: {algo} of {info.basename} is {actual}, "
+                f"the index says {expected}"
+            )
+
+    # -- reading: pins -------------------------------------------------------------------------
+
+    def pin(self, shard: ShardInfo) -> ShardPin:
+        """Hold the shard against eviction while reading it: ``with cache.pin(shard) as path:``.
+
+        Takes a shared lock on the shard, blocking the calling thread while another process
+        downloads or evicts it (call it from the consumer's thread; on an event loop use
+        :meth:`acquire`). Also marks the shard used.
+
+        :raises CacheError: the shard is not on disk (never fetched, or evicted after fetching;
+            :meth:`acquire` fetches again in that case).
+        """
+        if not self.evictable:
+            return self._ready_pin(shard, None)
+        self._ensure_dirs()
+        return self._ready_pin(shard, FileLock.acquire(self._lock_path(shard), shared=True))
+
+    async def acquire(
+        self,
+        store: Store,
+        shard: ShardInfo,
+        *,
+        validate_hash: str | None = None,
+        keep_zip: bool = False,
+        on_raw_started: Callable[[Path], None] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> ShardPin:
+        """:meth:`fetch` the shard and pin it, with no window for eviction in between.
+
+        The arguments are :meth:`fetch`'s. Release the returned pin when done reading.
+        """
+        for _ in range(_ACQUIRE_TRIES):
+            await self.fetch(
+                store,
+                shard,
+                validate_hash=validate_hash,
+                keep_zip=keep_zip,
+                on_raw_started=on_raw_started,
+                on_progress=on_progress,
+            )
+            if not self.evictable:
+                return ShardPin(self.raw_path(shard), None)
+            lock = await FileLock.acquire_async(self._lock_path(shard), shared=True)
+            if self.is_ready(shard):
+                self.touch(shard)
+                return ShardPin(self.raw_path(shard), lock)
+            lock.release()  # evicted between fetch and pin: fetch again
+        raise CacheError(
+            f"shard {shard.raw.basename} was evicted from {self.root} {_ACQUIRE_TRIES} times "
+            f"right after it was fetched; cache_limit={self.limit} is too small for the shards "
+            "in use at once: raise cache_limit"
+        )
+
+    def _ready_pin(self, shard: ShardInfo, lock: FileLock | None) -> ShardPin:
+        if not self.is_ready(shard):
+            if lock is not None:
+                lock.release()
+            raise CacheError(
+                f"shard {shard.raw.basename} is not in the cache at {self.root}: fetch it first"
+            )
+        self.touch(shard)
+        return ShardPin(self.raw_path(shard), lock)
+
+    # -- LRU stamps ----------------------------------------------------------------------------
+    # A shard's last use is the mtime of a tiny per-shard stamp file rather than of the shard
+    # itself: the stamp also lists the files that make up the shard (raw, compressed, meta), so
+    # eviction and usage need neither the index nor a guess from file names; and the data files
+    # are never written to after their rename (their mtime stays the download time, and they
+    # may be read-only).
+
+    def touch(self, shard: ShardInfo) -> None:
+        """Mark the shard used now (the LRU order of eviction)."""
+        if not self.evictable:
+            return
+        stamp = self._stamp_path(shard)
+        now = time.time_ns()
+        try:
+            os.utime(stamp, ns=(now, now))
+        except FileNotFoundError:
+            if self.is_ready(shard):
+                # A shard that was already in the directory (or whose fetch was killed between
+                # its rename and its stamp): adopt it.
+                self._write_stamp(shard)
+
+    def _write_stamp(self, shard: ShardInfo) -> None:
+        files = []
+        for raw, zip_info in _file_pairs(shard):
+            files.append(raw.basename)
+            if zip_info is not None and (self.root / zip_info.basename).exists():
+                files.append(zip_info.basename)
+        self._ensure_dirs()
+        stamp = self._stamp_path(shard)
+        tmp = _temp_name(stamp)
+        try:
+            tmp.write_text(json.dumps({"files": files}), encoding="utf-8")
+            os.replace(tmp, stamp)
+        finally:
+            _unlink(tmp)
+
+    def _entries(self) -> list[tuple[int, str, list[Path], int]]:
+        """(last use ns, stamp name, files, bytes on disk) of every stamped shard."""
+        entries = []
+        try:
+            stamps = list(os.scandir(self._meta / "shards"))
+        except FileNotFoundError:
+            return []
+        for entry in stamps:
+            if _TMP_MARKER in entry.name or not entry.name.endswith(".json"):
+                continue
+            try:
+                mtime = entry.stat().st_mtime_ns
+                with open(entry.path, encoding="utf-8") as handle:
+                    names = json.load(handle)["files"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue  # removed meanwhile, or a torn stamp from an older layout: not ours
+            files = [self.root / name for name in names]
+            size = 0
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    size += os.stat(path).st_size
+            entries.append((mtime, entry.name, files, size))
+        return entries
+
+    def usage(self) -> int:
+        """Bytes of shard files in the cache (locks, stamps, temporary files and the index
+        excluded). Counts shards this cache fetched or used; files nobody touched are not seen."""
+        return sum(size for *_, size in self._entries())
+
+    # -- eviction ------------------------------------------------------------------------------
+
+    def evict(self, needed: int = 0) -> int:
+        """Delete least recently used, unpinned shards until ``usage() + needed <= limit``.
+
+        Serialised across processes by a cache-wide lock (this call blocks the calling thread
+        while another process evicts). A no-op without a limit or when not evictable. Never
+        deletes the index, a pinned shard or a shard being downloaded.
+
+        :returns: bytes freed.
+        :raises CacheError: ``needed`` alone exceeds the limit, or too much is pinned to make
+            room.
+        """
+        if not self.evictable or self.limit is None:
+            return 0
+        return self._evict(needed, None)
+
+    def _evict(self, needed: int, for_shard: str | None) -> int:
+        limit = self.limit
+        if limit is None:
+            return 0
+        what = f"shard {for_shard}" if for_shard else "the request"
+        if needed > limit:
+            raise CacheError(
+                f"{what} needs {needed} bytes on disk, more than cache_limit={limit} bytes at "
+                f"{self.root}: raise cache_limit"
+            )
+        self._ensure_dirs()
+        with FileLock.acquire(self._meta / "cache.lock"):
+            entries = self._entries()
+            usage = sum(size for *_, size in entries)
+            freed = 0
+            # Oldest stamp first; the name breaks ties so the order is the same in every process.
+            for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
+                if usage + needed <= limit:
+                    break
+                lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
+                if lock is None:
+                    continue  # pinned or downloading
+                with lock:
+                    # Raw files first: once one is gone the shard is no longer ready, and a
+                    # stamp left by a kill right here is harmless (its files count 0 bytes).
+                    for path in files:
+                        _unlink(path)
+                    _unlink(self._meta / "shards" / name)
+                usage -= size
+                freed += size
+                if size:
+                    self._count(evictions=1, bytes_evicted=size)
+            if usage + needed > limit:
+                raise CacheError(
+                    f"cannot make room for {what} ({needed} bytes) in {self.root}: "
+                    f"cache_limit={limit} bytes, {usage} bytes in use by shards that are pinned "
+                    "or downloading: raise cache_limit"
+                )
+            return freed
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_counts_lock"]
+        state["_counts"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._counts_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ShardCache({str(self.root)!r}, limit={self.limit!r}, evictable={self.evictable!r})"
+
+
+async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json") -> bytes:
+    """The bytes of a stream's index, downloaded into ``root`` at most once per node.
+
+    An index already at ``root / name`` is read as it is. Otherwise one process downloads it
+    under a lock (the others wait on the lock, then read its file) and renames it into place.
+
+    :raises StorageError: the store failed (:class:`~astream.errors.ObjectNotFoundError` when
+        the index does not exist).
+    """
+    path = Path(root) / name
+    with contextlib.suppress(FileNotFoundError):
+        return await anyio.to_thread.run_sync(path.read_bytes)
+    meta = Path(root) / _META_DIR
+    meta.mkdir(parents=True, exist_ok=True)
+    lock = await FileLock.acquire_async(meta / f"index-{urllib.parse.quote(name, safe='')}.lock")
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_temps(path)
+            tmp = _temp_name(path)
+            try:
+                await store.download(name, tmp)
+                os.replace(tmp, path)
+            finally:
+                _unlink(tmp)
+        return await anyio.to_thread.run_sync(path.read_bytes)
+    finally:
+        lock.release()

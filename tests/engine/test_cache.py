@@ -1,0 +1,334 @@
+"""The node-local shard cache: downloads, checks, decompression, exactly-once, eviction."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+from cache_worker import (
+    CountingStore,
+    downloads,
+    fetch_all,
+    shard_bytes,
+    temp_files,
+    write_dataset,
+)
+
+from astream.engine.cache import ShardCache, fetch_index
+from astream.errors import CacheError, FormatError, ObjectNotFoundError, ShardCorruptError
+
+SIZE = 10_000
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return tmp_path / "remote"
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Path:
+    return tmp_path / "local"
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    return tmp_path / "downloads.log"
+
+
+@pytest.mark.anyio
+async def test_fetch_downloads_once_and_counts(remote: Path, local: Path, log: Path) -> None:
+    shards = write_dataset(remote, [SIZE, SIZE + 1])
+    cache = ShardCache(local)
+    store = CountingStore(remote, log)
+    assert not cache.is_ready(shards[0])
+
+    path = await cache.fetch(store, shards[0])
+    assert path == local / "shard.00000.mds" == cache.raw_path(shards[0])
+    assert path.read_bytes() == shard_bytes(0, SIZE)
+    assert cache.is_ready(shards[0])
+    assert not cache.is_ready(shards[1])
+
+    assert await cache.fetch(store, shards[0]) == path
+    assert downloads(log) == {"shard.00000.mds": 1}
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.bytes_downloaded) == (1, 1, SIZE)
+    assert cache.usage() == SIZE
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_a_file_of_the_wrong_size_is_not_ready_and_is_replaced(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE])
+    cache = ShardCache(local)
+    os.mkdir(local)
+    cache.raw_path(shards[0]).write_bytes(shard_bytes(0, SIZE)[: SIZE // 2])
+    assert not cache.is_ready(shards[0])
+    path = await cache.fetch(CountingStore(remote, log), shards[0])
+    assert path.read_bytes() == shard_bytes(0, SIZE)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("compression", [None, "zstd:3"])
+async def test_validate_hash_accepts_the_right_bytes(
+    remote: Path, local: Path, log: Path, compression: str | None
+) -> None:
+    shards = write_dataset(remote, [SIZE], compression=compression)
+    path = await ShardCache(local).fetch(
+        CountingStore(remote, log), shards[0], validate_hash="sha1"
+    )
+    assert path.read_bytes() == shard_bytes(0, SIZE)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("compression", [None, "zstd:3"])
+async def test_validate_hash_refuses_tampered_bytes(
+    remote: Path, local: Path, log: Path, compression: str | None
+) -> None:
+    shards = write_dataset(remote, [SIZE], compression=compression)
+    name = shards[0].raw.basename if compression is None else shards[0].zip.basename  # type: ignore[union-attr]
+    tampered = bytearray((remote / name).read_bytes())
+    tampered[-1] ^= 0xFF  # same size: only the hash can tell
+    (remote / name).write_bytes(bytes(tampered))
+    cache = ShardCache(local)
+
+    with pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds.*sha1"):
+        await cache.fetch(CountingStore(remote, log), shards[0], validate_hash="sha1")
+    assert not cache.raw_path(shards[0]).exists()
+    assert not (local / "shard.00000.mds.zstd").exists()
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_validate_hash_needs_the_algorithm_in_the_index(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE])
+    with pytest.raises(FormatError, match=r"xxh64.*shard\.00000\.mds"):
+        await ShardCache(local).fetch(CountingStore(remote, log), shards[0], validate_hash="xxh64")
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_a_corrupt_compressed_file_is_refused(remote: Path, local: Path, log: Path) -> None:
+    shards = write_dataset(remote, [SIZE], compression="zstd")
+    zip_path = remote / "shard.00000.mds.zstd"
+    zip_path.write_bytes(b"\0" * zip_path.stat().st_size)
+    cache = ShardCache(local)
+    with pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds"):
+        await cache.fetch(CountingStore(remote, log), shards[0])
+    assert not cache.raw_path(shards[0]).exists()
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("keep_zip", [False, True])
+async def test_compressed_shard_is_decompressed(
+    remote: Path, local: Path, log: Path, keep_zip: bool
+) -> None:
+    shards = write_dataset(remote, [SIZE, SIZE], compression="zstd")
+    cache = ShardCache(local)
+    path = await cache.fetch(CountingStore(remote, log), shards[1], keep_zip=keep_zip)
+    assert path.read_bytes() == shard_bytes(1, SIZE)
+    zip_copy = local / "shard.00001.mds.zstd"
+    assert zip_copy.exists() == keep_zip
+    if keep_zip:
+        assert zip_copy.read_bytes() == (remote / "shard.00001.mds.zstd").read_bytes()
+    assert downloads(log) == {"shard.00001.mds.zstd": 1}
+    assert cache.stats().bytes_downloaded == shards[1].zip.bytes  # type: ignore[union-attr]
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_a_local_compressed_dataset_is_decompressed_in_place(remote: Path, log: Path) -> None:
+    # No remote: the local directory holds only compressed shards. Nothing is downloaded and
+    # the compressed files stay.
+    shards = write_dataset(remote, [SIZE], compression="zstd")
+    cache = ShardCache(remote, evictable=False)
+    path = await cache.fetch(CountingStore(remote, log), shards[0], validate_hash="md5")
+    assert path.read_bytes() == shard_bytes(0, SIZE)
+    assert (remote / "shard.00000.mds.zstd").exists()
+    assert downloads(log) == {}
+
+
+@pytest.mark.anyio
+async def test_uncompressed_shard_is_readable_range_by_range(
+    remote: Path, local: Path, log: Path
+) -> None:
+    size = 50_000  # 13 parts of 4096 bytes
+    shards = write_dataset(remote, [size])
+    expected = shard_bytes(0, size)
+    cache = ShardCache(local)
+    fds: list[int] = []
+    landed: list[tuple[int, int]] = []
+
+    def on_raw_started(tmp: Path) -> None:
+        assert tmp.parent == local and tmp != cache.raw_path(shards[0])
+        assert tmp.stat().st_size == size
+        fds.append(os.open(tmp, os.O_RDONLY))
+
+    def on_progress(start: int, end: int) -> None:
+        # What the engine relies on: a reported range is readable through the early descriptor.
+        assert os.pread(fds[0], end - start, start) == expected[start:end]
+        landed.append((start, end))
+
+    try:
+        await cache.fetch(
+            CountingStore(remote, log),
+            shards[0],
+            on_raw_started=on_raw_started,
+            on_progress=on_progress,
+        )
+        assert len(fds) == 1
+        covered = bytearray(size)
+        for start, end in landed:
+            assert covered[start:end] == bytes(end - start)  # each byte reported once
+            covered[start:end] = b"\1" * (end - start)
+        assert covered == b"\1" * size
+        # The descriptor opened on the temporary file now reads the renamed, complete shard.
+        assert os.pread(fds[0], size + 1, 0) == expected
+        assert os.fstat(fds[0]).st_ino == cache.raw_path(shards[0]).stat().st_ino
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_exactly_once_per_node_across_processes(remote: Path, local: Path, log: Path) -> None:
+    sizes = [20_000 + i for i in range(6)]
+    shards = write_dataset(remote, sizes)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(4)
+    with ctx.Pool(4) as pool:
+        results = pool.starmap(
+            fetch_all, [(str(remote), str(local), str(log), seed, barrier) for seed in range(4)]
+        )
+    assert downloads(log) == {s.raw.basename: 1 for s in shards}
+    expected = {
+        s.raw.basename: hashlib.sha1(shard_bytes(i, sizes[i])).hexdigest()
+        for i, s in enumerate(shards)
+    }
+    assert results == [expected] * 4
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_eviction_keeps_usage_under_the_limit_in_lru_order(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE] * 5)
+    cache = ShardCache(local, limit=25_000)
+    store = CountingStore(remote, log)
+    await cache.fetch(store, shards[0])
+    await cache.fetch(store, shards[1])
+    assert cache.usage() == 2 * SIZE
+    cache.touch(shards[0])  # 1 is now the least recently used
+    await cache.fetch(store, shards[2])
+    assert cache.usage() <= 25_000
+    assert [cache.is_ready(s) for s in shards[:3]] == [True, False, True]
+
+    # A hit refreshes the stamp too: 2 becomes the oldest.
+    await cache.fetch(store, shards[0])
+    await cache.fetch(store, shards[3])
+    assert [cache.is_ready(s) for s in shards[:4]] == [True, False, False, True]
+    assert cache.usage() <= 25_000
+    stats = cache.stats()
+    assert (stats.evictions, stats.bytes_evicted) == (2, 2 * SIZE)
+    assert (remote / "index.json").exists()
+
+
+@pytest.mark.anyio
+async def test_eviction_removes_kept_compressed_files_and_spares_the_index(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE] * 2, compression="zstd")
+    store = CountingStore(remote, log)
+    await fetch_index(store, local)
+    zip_size = shards[0].zip.bytes  # type: ignore[union-attr]
+    cache = ShardCache(local, limit=SIZE + zip_size + SIZE + zip_size + 10)
+    await cache.fetch(store, shards[0], keep_zip=True)
+    assert cache.usage() == SIZE + zip_size
+    assert cache.evict(cache.limit - SIZE) == SIZE + zip_size  # type: ignore[operator]
+    assert sorted(os.listdir(local)) == [".astream", "index.json"]
+    assert cache.usage() == 0
+
+
+@pytest.mark.anyio
+async def test_a_pinned_shard_is_not_evicted_and_the_limit_is_an_error(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE] * 3)
+    cache = ShardCache(local, limit=2 * SIZE)
+    store = CountingStore(remote, log)
+    pin = await cache.acquire(store, shards[0])
+    with pin as path:
+        await cache.fetch(store, shards[1])
+        await cache.fetch(store, shards[2])  # evicts 1: 0 is pinned, though older
+        assert path.read_bytes() == shard_bytes(0, SIZE)
+        assert [cache.is_ready(s) for s in shards] == [True, False, True]
+        with cache.pin(shards[2]), pytest.raises(CacheError, match="cache_limit"):
+            await cache.fetch(store, shards[1])
+    assert cache.evict(SIZE) == SIZE  # unpinned now
+    assert not cache.is_ready(shards[0])
+
+
+def test_pinning_a_shard_that_is_not_there_is_an_error(remote: Path, local: Path) -> None:
+    shards = write_dataset(remote, [SIZE])
+    with pytest.raises(CacheError, match=r"shard\.00000\.mds"):
+        ShardCache(local).pin(shards[0])
+
+
+@pytest.mark.anyio
+async def test_a_shard_larger_than_the_limit_is_an_error(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE])
+    cache = ShardCache(local, limit="4kb")
+    assert cache.limit == 4096
+    with pytest.raises(CacheError, match=r"shard\.00000\.mds.*cache_limit=4096"):
+        await cache.fetch(CountingStore(remote, log), shards[0])
+    assert downloads(log) == {}
+
+
+@pytest.mark.anyio
+async def test_not_evictable_never_deletes(remote: Path, log: Path) -> None:
+    shards = write_dataset(remote, [SIZE] * 3)
+    cache = ShardCache(remote, limit=1, evictable=False)
+    for shard in shards:
+        await cache.fetch(CountingStore(remote, log), shard)
+        with cache.pin(shard) as path:
+            assert path.exists()
+    assert cache.evict(10**9) == 0
+    assert all(cache.is_ready(s) for s in shards)
+    assert downloads(log) == {}
+
+
+@pytest.mark.anyio
+async def test_fetch_index_downloads_once_then_reads_the_local_copy(
+    remote: Path, local: Path, log: Path
+) -> None:
+    write_dataset(remote, [SIZE])
+    store = CountingStore(remote, log)
+    expected = (remote / "index.json").read_bytes()
+    assert await fetch_index(store, local) == expected
+    assert await fetch_index(store, local) == expected
+    assert downloads(log) == {"index.json": 1}
+    assert (local / "index.json").read_bytes() == expected
+    with pytest.raises(ObjectNotFoundError):
+        await fetch_index(store, local, name="missing/index.json")
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
+async def test_a_cache_pickles_without_its_counters(remote: Path, local: Path, log: Path) -> None:
+    shards = write_dataset(remote, [SIZE])
+    cache = ShardCache(local, limit="1mb")
+    await cache.fetch(CountingStore(remote, log), shards[0])
+    copy = pickle.loads(pickle.dumps(cache))
+    assert (copy.root, copy.limit, copy.evictable) == (local, 1 << 20, True)
+    assert copy.stats().misses == 0
+    assert copy.is_ready(shards[0])
