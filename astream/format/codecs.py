@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +151,9 @@ def decompress(spec: str, data: bytes | memoryview, *, source: str = "<bytes>") 
     family = parse_compression(spec).family
     try:
         if family == "zstd":
-            # A streaming reader also handles frames that do not record their content size.
-            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as r:
-                return bytes(r.read())
+            out = io.BytesIO()
+            _copy_zstd(io.BytesIO(data), out)
+            return out.getvalue()
         if family == "lz4":
             return bytes(lz4.frame.decompress(data))
         if family == "gz":
@@ -168,6 +169,30 @@ def decompress(spec: str, data: bytes | memoryview, *, source: str = "<bytes>") 
         raise
     except Exception as exc:
         raise ShardCorruptError(f"{source}: cannot decompress as {spec}: {exc}") from exc
+
+
+def _copy_zstd(src: Any, dst: Any) -> None:
+    """Decompress every zstd frame of ``src`` into ``dst``; a frame cut short is an error.
+
+    (zstandard's stream reader and ``copy_stream`` return short output silently on a
+    truncated frame, so the frame ends are tracked here.)
+    """
+    context = zstandard.ZstdDecompressor()
+    frame = context.decompressobj()
+    frames = 0
+    in_frame = False
+    while chunk := src.read(_CHUNK):
+        while chunk:
+            dst.write(frame.decompress(chunk))
+            in_frame = True
+            if not frame.eof:
+                break
+            frames += 1
+            in_frame = False
+            chunk = frame.unused_data
+            frame = context.decompressobj()
+    if in_frame or frames == 0:
+        raise ValueError("zstd data ends inside a frame (truncated?)")
 
 
 def _copy_brotli(src: Any, dst: Any) -> None:
@@ -196,7 +221,7 @@ def decompress_file(codec: str, src: Path | str, dst: Path | str) -> None:
     try:
         with open(src, "rb") as inp, open(dst, "wb") as out:
             if family == "zstd":
-                zstandard.ZstdDecompressor().copy_stream(inp, out, read_size=_CHUNK)
+                _copy_zstd(inp, out)
             elif family == "lz4":
                 with lz4.frame.open(inp, "rb") as stream:
                     shutil.copyfileobj(stream, out, _CHUNK)
