@@ -148,9 +148,12 @@ def test_ndarray_shape_header_uses_the_smallest_dim_type() -> None:
 def test_values_that_do_not_fit_raise_encoding_error_naming_column(
     tmp_path: Path, spec: str, value: Any
 ) -> None:
-    with MDSWriter(out=tmp_path / "ds", columns={"ok": "int", "col": spec}) as writer:
-        with pytest.raises(EncodingError, match=rf"column 'col'.*{type(value).__name__}"):
-            writer.write({"ok": 1, "col": value})
+    message = rf"column 'col'.*{type(value).__name__}"
+    with (
+        MDSWriter(out=tmp_path / "ds", columns={"ok": "int", "col": spec}) as writer,
+        pytest.raises(EncodingError, match=message),
+    ):
+        writer.write({"ok": 1, "col": value})
     index = load_index((tmp_path / "ds" / "index.json").read_bytes(), source="index.json")
     assert index.samples == 0  # nothing of the refused sample was written
 

@@ -106,7 +106,7 @@ def test_hostile_basename_error_names_the_field_path() -> None:
 
 @pytest.mark.parametrize("text", [b"", b"{", b"[]", b"\xff\xfe", b"null"])
 def test_non_index_json_is_refused(text: bytes) -> None:
-    with pytest.raises(IndexFormatError, match="^idx: "):
+    with pytest.raises(IndexFormatError, match=r"^idx: "):
         load_index(text, source="idx")
 
 
