@@ -177,6 +177,10 @@ class ShardCache:
         self._meta = self.root / _META_DIR
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        # Stamp contents by (name, inode, size): a touch keeps all three, a rewrite makes a new
+        # inode, and the only lists one shard's stamp can hold (with or without its compressed
+        # files) differ in size even if an inode number is reused; so each stamp is parsed once.
+        self._stamp_files: dict[tuple[str, int, int], list[Path]] = {}
 
     # -- paths and readiness -----------------------------------------------------------------
 
@@ -406,15 +410,25 @@ class ShardCache:
 
         Takes a shared lock on the shard, blocking the calling thread while another process
         downloads or evicts it (call it from the consumer's thread; on an event loop use
-        :meth:`acquire`). Also marks the shard used.
-
-        :raises CacheError: the shard is not on disk (never fetched, or evicted after fetching;
-            :meth:`acquire` fetches again in that case).
+        :meth:`pin_async` or :meth:`acquire`), and marks the shard used. A pin does not bring
+        the shard: check :meth:`is_ready` under it, since the shard may have been evicted after
+        it was fetched (:meth:`acquire` fetches and pins with that check).
         """
         if not self.evictable:
-            return self._ready_pin(shard, None)
+            return ShardPin(self.raw_path(shard), None)
         self._ensure_dirs()
-        return self._ready_pin(shard, FileLock.acquire(self._lock_path(shard), shared=True))
+        lock = FileLock.acquire(self._lock_path(shard), shared=True)
+        self.touch(shard)
+        return ShardPin(self.raw_path(shard), lock)
+
+    async def pin_async(self, shard: ShardInfo) -> ShardPin:
+        """:meth:`pin` for an event loop: waits for the shared lock without blocking the loop."""
+        if not self.evictable:
+            return ShardPin(self.raw_path(shard), None)
+        self._ensure_dirs()
+        lock = await FileLock.acquire_async(self._lock_path(shard), shared=True)
+        self.touch(shard)
+        return ShardPin(self.raw_path(shard), lock)
 
     async def acquire(
         self,
@@ -439,28 +453,15 @@ class ShardCache:
                 on_raw_started=on_raw_started,
                 on_progress=on_progress,
             )
-            if not self.evictable:
-                return ShardPin(self.raw_path(shard), None)
-            lock = await FileLock.acquire_async(self._lock_path(shard), shared=True)
+            pin = await self.pin_async(shard)
             if self.is_ready(shard):
-                self.touch(shard)
-                return ShardPin(self.raw_path(shard), lock)
-            lock.release()  # evicted between fetch and pin: fetch again
+                return pin
+            pin.release()  # evicted between fetch and pin: fetch again
         raise CacheError(
             f"shard {shard.raw.basename} was evicted from {self.root} {_ACQUIRE_TRIES} times "
             f"right after it was fetched; cache_limit={self.limit} is too small for the shards "
             "in use at once: raise cache_limit"
         )
-
-    def _ready_pin(self, shard: ShardInfo, lock: FileLock | None) -> ShardPin:
-        if not self.is_ready(shard):
-            if lock is not None:
-                lock.release()
-            raise CacheError(
-                f"shard {shard.raw.basename} is not in the cache at {self.root}: fetch it first"
-            )
-        self.touch(shard)
-        return ShardPin(self.raw_path(shard), lock)
 
     # -- LRU stamps ----------------------------------------------------------------------------
     # A shard's last use is the mtime of a tiny per-shard stamp file rather than of the shard
@@ -509,12 +510,16 @@ class ShardCache:
             if _TMP_MARKER in entry.name or not entry.name.endswith(".json"):
                 continue
             try:
-                mtime = entry.stat().st_mtime_ns
-                with open(entry.path, encoding="utf-8") as handle:
-                    names = json.load(handle)["files"]
+                stat = entry.stat()
+                key = (entry.name, stat.st_ino, stat.st_size)
+                files = self._stamp_files.get(key)
+                if files is None:
+                    with open(entry.path, encoding="utf-8") as handle:
+                        files = [self.root / name for name in json.load(handle)["files"]]
+                    self._stamp_files[key] = files
             except (FileNotFoundError, ValueError, KeyError, TypeError):
                 continue  # removed meanwhile, or a torn stamp from an older layout: not ours
-            files = [self.root / name for name in names]
+            mtime = stat.st_mtime_ns
             size = 0
             for path in files:
                 with contextlib.suppress(FileNotFoundError):
@@ -588,6 +593,7 @@ class ShardCache:
         state = dict(self.__dict__)
         del state["_counts_lock"]
         state["_counts"] = {}
+        state["_stamp_files"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ import os
 import pickle
 from pathlib import Path
 
+import anyio
 import pytest
+import zstandard
 from cache_worker import (
     CountingStore,
     downloads,
@@ -20,6 +22,7 @@ from cache_worker import (
 
 from astream.engine.cache import ShardCache, fetch_index
 from astream.errors import CacheError, FormatError, ObjectNotFoundError, ShardCorruptError
+from astream.format import JSONWriter, load_index
 
 SIZE = 10_000
 
@@ -276,10 +279,20 @@ async def test_a_pinned_shard_is_not_evicted_and_the_limit_is_an_error(
     assert not cache.is_ready(shards[0])
 
 
-def test_pinning_a_shard_that_is_not_there_is_an_error(remote: Path, local: Path) -> None:
-    shards = write_dataset(remote, [SIZE])
-    with pytest.raises(CacheError, match=r"shard\.00000\.mds"):
-        ShardCache(local).pin(shards[0])
+@pytest.mark.anyio
+async def test_a_pin_does_not_fetch_and_does_not_block_the_fetch_of_others(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE, SIZE])
+    cache = ShardCache(local)
+    with cache.pin(shards[0]) as path:
+        assert path == cache.raw_path(shards[0])
+        assert not cache.is_ready(shards[0])
+        await cache.fetch(CountingStore(remote, log), shards[1])
+    pin = await cache.pin_async(shards[1])
+    with pin as path:
+        assert path.read_bytes() == shard_bytes(1, SIZE)
+    assert cache.usage() == SIZE  # pinning an absent shard recorded nothing
 
 
 @pytest.mark.anyio
@@ -332,3 +345,39 @@ async def test_a_cache_pickles_without_its_counters(remote: Path, local: Path, l
     assert (copy.root, copy.limit, copy.evictable) == (local, 1 << 20, True)
     assert copy.stats().misses == 0
     assert copy.is_ready(shards[0])
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_fetch_leaves_nothing_and_frees_its_lock(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE])
+    cache = ShardCache(local)
+    store = CountingStore(remote, log, part_size=1024)
+    with anyio.CancelScope() as scope:
+        await cache.fetch(store, shards[0], on_progress=lambda start, end: scope.cancel())
+    assert scope.cancelled_caught
+    assert temp_files(local) == [] and not cache.is_ready(shards[0])
+    path = await cache.fetch(store, shards[0])
+    assert path.read_bytes() == shard_bytes(0, SIZE)
+
+
+@pytest.mark.anyio
+async def test_a_jsonl_shard_brings_its_meta_file(remote: Path, local: Path, log: Path) -> None:
+    samples = [{"text": f"sample {i} " * (i % 7)} for i in range(200)]
+    with JSONWriter(out=remote, columns={"text": "str"}, compression="zstd", hashes=["sha1"]) as w:
+        for sample in samples:
+            w.write(sample)
+    index = remote / "index.json"
+    shard = load_index(index.read_bytes(), source=str(index)).shards[0]
+    assert shard.raw_meta is not None and shard.zip_meta is not None
+    cache = ShardCache(local)
+    await cache.fetch(CountingStore(remote, log), shard, validate_hash="sha1")
+    assert cache.is_ready(shard)
+    for raw, packed in ((shard.raw, shard.zip), (shard.raw_meta, shard.zip_meta)):
+        with zstandard.ZstdDecompressor().stream_reader(
+            (remote / packed.basename).read_bytes()  # type: ignore[union-attr]
+        ) as reader:
+            assert (local / raw.basename).read_bytes() == reader.read()
+    assert sorted(downloads(log)) == sorted([shard.zip.basename, shard.zip_meta.basename])  # type: ignore[union-attr]
+    assert cache.usage() == shard.raw.bytes + shard.raw_meta.bytes
