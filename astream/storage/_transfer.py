@@ -23,7 +23,7 @@ from astream.errors import StorageError
 if TYPE_CHECKING:
     from astream.storage.base import ProgressCallback, Store
 
-__all__ = ["part_ranges", "ranged_download"]
+__all__ = ["part_ranges", "pwrite_all", "ranged_download", "write_part"]
 
 # Writes smaller than this are done on the loop thread: a thread hop costs more than a
 # page-cache copy of a few hundred kilobytes.
@@ -37,12 +37,21 @@ def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less)."""
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+async def write_part(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` a fetched part: inline when small, else in a worker thread."""
+    if len(data) <= _INLINE_WRITE:
+        pwrite_all(fd, data, offset)
+    else:
+        await anyio.to_thread.run_sync(pwrite_all, fd, data, offset)
 
 
 async def ranged_download(
@@ -80,16 +89,7 @@ async def ranged_download(
             # Workers share one iterator: the number of workers bounds the requests in flight
             # (and so the bytes held in memory: concurrency * part_size) without a semaphore.
             for start, end in pending:
-                data = await store.read_range(key, start, end)
-                if len(data) != end - start:
-                    raise StorageError(
-                        f"{url}: range [{start}, {end}) returned {len(data)} bytes, "
-                        f"expected {end - start}"
-                    )
-                if len(data) <= _INLINE_WRITE:
-                    _pwrite_all(fd, data, start)
-                else:
-                    await anyio.to_thread.run_sync(_pwrite_all, fd, data, start)
+                await store.fetch_range_into(key, start, end, fd)
                 if on_progress is not None:
                     on_progress(start, end)
 

@@ -161,6 +161,25 @@ class Store(abc.ABC):
 
         return await ranged_download(self, key, Path(dest), size=size, on_progress=on_progress)
 
+    async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        """Write bytes ``[start, end)`` of an object at offset ``start`` of file ``fd``.
+
+        One part of :meth:`download`. The default fetches with :meth:`read_range` and
+        ``pwrite``\\ s the result; backends that can stream a body override it to write chunks
+        as they arrive (less memory, one copy fewer). A retried attempt rewrites the same
+        offsets, so a part is complete and exact when this returns, or it raises.
+        """
+        from astream.errors import StorageError
+        from astream.storage._transfer import write_part
+
+        data = await self.read_range(key, start, end)
+        if len(data) != end - start:
+            raise StorageError(
+                f"{self.join(key)}: range [{start}, {end}) returned {len(data)} bytes, "
+                f"expected {end - start}"
+            )
+        await write_part(fd, data, start)
+
     # -- writing ---------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -1,0 +1,208 @@
+"""Download one large object from each loopback server, with one GET and with concurrent ranges.
+
+The yardstick is a plain socket copy over loopback measured in the same run (a thread sends the
+file with ``sendfile``; the receiver writes it to disk): the aiohttp server should reach at
+least 70% of it. moto copies the whole object for every ranged GET, so its rows measure a
+correctness server, not a client; s3rver rows appear when ``tests/servers/node_modules`` has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from astream.storage import Store, TransferConfig, open_store  # noqa: E402
+
+MB = 1 << 20
+
+
+def _make_file(path: Path, size: int) -> None:
+    block = os.urandom(MB)
+    with path.open("wb") as f:
+        for _ in range(size // MB):
+            f.write(block)
+
+
+def _socket_copy(src: Path, dest: Path) -> float:
+    """Seconds to move ``src`` over a loopback TCP socket into ``dest``."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn, src.open("rb") as f:
+            conn.sendfile(f)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    buffer = bytearray(MB)
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as client, dest.open("wb") as out:
+        while True:
+            n = client.recv_into(buffer)
+            if not n:
+                break
+            out.write(view[:n])
+    elapsed = time.perf_counter() - started
+    thread.join()
+    server.close()
+    return elapsed
+
+
+async def _download(store: Store, key: str, dest: Path, size: int) -> float:
+    started = time.perf_counter()
+    got = await store.download(key, dest, size=size)
+    elapsed = time.perf_counter() - started
+    if got != size:  # download() itself checks the file's length
+        raise RuntimeError(f"short download from {store.join(key)}")
+    return elapsed
+
+
+def _rows_for(
+    name: str,
+    url: str,
+    key: str,
+    size: int,
+    dest: Path,
+    ranged: TransferConfig,
+    options: dict[str, Any],
+    upload_from: Path | None = None,
+    create_bucket: str | None = None,
+) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        rows = []
+        single = TransferConfig(part_size=size, concurrency=1)
+        async with open_store(url, **options) as store:
+            if create_bucket is not None:
+                client = await store._get_client()  # type: ignore[attr-defined]
+                await client.create_bucket(Bucket=create_bucket)
+            if upload_from is not None:
+                store.transfer = TransferConfig(part_size=32 * MB, multipart_threshold=64 * MB)
+                await store.upload(upload_from, key)
+            for label, transfer in (("one GET", single), ("ranges", ranged)):
+                store.transfer = transfer
+                seconds = min([await _download(store, key, dest, size) for _ in range(2)])
+                rows.append(
+                    {
+                        "name": f"{name}, {label}",
+                        "parts": f"{-(-size // transfer.part_size)} x {transfer.part_size // MB} MB, "
+                        f"{transfer.concurrency} at once",
+                        "MB/s": size / MB / seconds,
+                    }
+                )
+        return rows
+
+    return asyncio.run(go())
+
+
+def run(workdir: Path, quick: bool) -> dict[str, Any]:
+    from tests.servers.http_files import http_file_server
+    from tests.servers.moto_s3 import moto_s3_server
+
+    size = (64 if quick else 256) * MB
+    served = workdir / "served"
+    served.mkdir()
+    src = served / "object.bin"
+    _make_file(src, size)
+    dest = workdir / "dest.bin"
+    notes = [f"object: {size // MB} MB of random bytes; best of 2 runs per row"]
+
+    socket_seconds = min(_socket_copy(src, dest) for _ in range(2))
+    socket_mbps = size / MB / socket_seconds
+    rows: list[dict[str, Any]] = [
+        {
+            "name": "plain socket copy (loopback, sendfile -> file)",
+            "parts": "-",
+            "MB/s": socket_mbps,
+        }
+    ]
+    ranged = TransferConfig(part_size=8 * MB, concurrency=8)
+
+    with http_file_server(served) as server:
+        http_rows = _rows_for("aiohttp server", server.url, "object.bin", size, dest, ranged, {})
+    rows += http_rows
+
+    with moto_s3_server() as moto:
+        bucket = moto.create_bucket()
+        # Fewer, larger parts: moto copies the whole object for every ranged GET.
+        moto_ranged = TransferConfig(part_size=size // 4, concurrency=4)
+        rows += _rows_for(
+            "moto S3 (correctness server)",
+            f"s3://{bucket}/bench",
+            "object.bin",
+            size,
+            dest,
+            moto_ranged,
+            moto.store_options(),
+            upload_from=src,
+        )
+    notes.append("moto copies the whole object per ranged GET: slow by construction")
+
+    s3rver = ROOT / "tests" / "servers" / "node_modules" / ".bin" / "s3rver"
+    if s3rver.exists():
+        rows += _s3rver_rows(s3rver, workdir, src, size, dest, ranged)
+    else:
+        notes.append("s3rver not installed (npm install --prefix tests/servers): no s3rver rows")
+
+    best_http = max(row["MB/s"] for row in http_rows)
+    return {
+        "title": f"storage: download one {size // MB} MB object over loopback",
+        "rows": rows,
+        "ratios": {
+            "aiohttp server ranges / socket copy": http_rows[1]["MB/s"] / socket_mbps,
+            "aiohttp server best / socket copy (target >= 0.70)": best_http / socket_mbps,
+        },
+        "notes": notes,
+    }
+
+
+def _s3rver_rows(
+    s3rver: Path, workdir: Path, src: Path, size: int, dest: Path, ranged: TransferConfig
+) -> list[dict[str, Any]]:
+    from tests.servers.process import free_port, run_server
+
+    port = free_port()
+    data_dir = workdir / "s3rver"
+    data_dir.mkdir()
+    argv = [
+        str(s3rver),
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--directory",
+        str(data_dir),
+        "--silent",
+    ]
+    env = {"NODE_OPTIONS": "--openssl-legacy-provider"}
+    with run_server(argv, port=port, env=env) as server:
+        options = {
+            "endpoint_url": server.url,
+            "aws_access_key_id": "S3RVER",
+            "aws_secret_access_key": "S3RVER",
+            "region": "us-east-1",
+        }
+        return _rows_for(
+            "s3rver S3",
+            "s3://bench/x",
+            "object.bin",
+            size,
+            dest,
+            ranged,
+            options,
+            upload_from=src,
+            create_bucket="bench",
+        )
