@@ -15,7 +15,6 @@ import json
 import os
 import random
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -157,22 +156,27 @@ def fetch_all(remote: str, local: str, log: str, seed: int, barrier: Any) -> dic
 # -- script entry points (the SIGKILL tests) -----------------------------------------------------
 
 
+class CrawlingStore(CountingStore):
+    """Prints "started" once two ranges of a download are on disk, then crawls."""
+
+    reads = 0
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        self.reads += 1
+        if self.reads == 3:
+            # Two ranges are written (concurrency 2: both earlier reads have returned) and the
+            # shard's lock is held: tell the parent, which kills us long before we finish.
+            print("started", flush=True)
+        if self.reads >= 3:
+            await anyio.sleep(0.5)
+        return await super().read_range(key, start, end)
+
+
 def _fetch_slow(remote: Path, local: Path, index: int) -> None:
     shard = load_shards(remote)[index]
-    store = CountingStore(remote, local.parent / "child-downloads.log", part_size=1024)
-    state = {"parts": 0}
-
-    def on_progress(start: int, end: int) -> None:
-        state["parts"] += 1
-        if state["parts"] == 2:
-            # Some bytes are on disk and the lock is held: tell the parent, then crawl until
-            # it kills us.
-            print("started", flush=True)
-        if state["parts"] >= 2:
-            time.sleep(0.5)
-
-    asyncio.run(ShardCache(local).fetch(store, shard, on_progress=on_progress))
-    print("finished", flush=True)  # the parent kills us long before this
+    store = CrawlingStore(remote, local.parent / "child-downloads.log", part_size=1024)
+    asyncio.run(ShardCache(local).fetch(store, shard))
+    print("finished", flush=True)
 
 
 def _pin(remote: Path, local: Path, index: int) -> None:

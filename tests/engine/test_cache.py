@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import multiprocessing
 import os
@@ -381,3 +382,17 @@ async def test_a_jsonl_shard_brings_its_meta_file(remote: Path, local: Path, log
             assert (local / raw.basename).read_bytes() == reader.read()
     assert sorted(downloads(log)) == sorted([shard.zip.basename, shard.zip_meta.basename])  # type: ignore[union-attr]
     assert cache.usage() == shard.raw.bytes + shard.raw_meta.bytes
+
+
+@pytest.mark.anyio
+async def test_concurrent_fetches_in_one_process_download_once(
+    remote: Path, local: Path, log: Path
+) -> None:
+    shards = write_dataset(remote, [SIZE] * 2, compression="zstd")
+    cache = ShardCache(local, limit="1mb")
+    store = CountingStore(remote, log, delay=0.001)
+    paths = await asyncio.gather(*(cache.fetch(store, shards[i % 2]) for i in range(8)))
+    assert downloads(log) == {"shard.00000.mds.zstd": 1, "shard.00001.mds.zstd": 1}
+    assert [p.read_bytes() for p in paths] == [shard_bytes(i % 2, SIZE) for i in range(8)]
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (6, 2)

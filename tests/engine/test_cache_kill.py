@@ -79,11 +79,12 @@ async def one_of_two_cached(
 
 @pytest.mark.anyio
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("compression", [None, "zstd"])
 async def test_killed_mid_download_the_next_fetch_completes(
-    tmp_path: Path, children: list[subprocess.Popen[str]]
+    tmp_path: Path, children: list[subprocess.Popen[str]], compression: str | None
 ) -> None:
     remote, local, log = tmp_path / "remote", tmp_path / "local", tmp_path / "downloads.log"
-    shards = write_dataset(remote, [SIZE])
+    shards = write_dataset(remote, [SIZE], compression=compression)
     cache = ShardCache(local, limit="1mb")
 
     kill(start(children, "fetch-slow", remote, local, 0))
@@ -94,7 +95,7 @@ async def test_killed_mid_download_the_next_fetch_completes(
 
     path = await cache.fetch(CountingStore(remote, log), shards[0], validate_hash="sha1")
     assert path.read_bytes() == shard_bytes(0, SIZE)
-    assert downloads(log) == {"shard.00000.mds": 1}
+    assert downloads(log) == {(shards[0].zip or shards[0].raw).basename: 1}
     assert temp_files(local) == []
     assert cache.usage() == SIZE
 
