@@ -29,7 +29,8 @@ import anyio
 import yarl
 
 from astream.errors import MissingDependencyError, StorageError
-from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
+from astream.storage._cloud import BucketStore, run_parts
+from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
 __all__ = ["OCIServiceError", "OCIStore"]
 
@@ -64,7 +65,7 @@ class _SigningRequest:
         self.headers: dict[str, str] = {}
 
 
-class OCIStore(Store):
+class OCIStore(BucketStore):
     """An OCI Object Storage bucket, optionally below a prefix.
 
     :param url: ``oci://bucket@namespace/prefix`` (or ``oci://bucket/prefix``).
@@ -95,14 +96,13 @@ class OCIStore(Store):
         signer: Any = None,
         endpoint_url: str | None = None,
     ) -> None:
-        super().__init__(url, retry=retry, transfer=transfer)
         parts = urlsplit(url)
         if parts.scheme != "oci" or not parts.netloc:
             raise ValueError(f"not an oci://bucket@namespace[/prefix] URL: {url!r}")
         bucket, _, namespace = parts.netloc.partition("@")
-        self.bucket = bucket
+        super().__init__(url, bucket, parts.path, retry=retry, transfer=transfer)
+        #: The tenancy's Object Storage namespace; looked up on first use when ``None``.
         self.namespace: str | None = namespace or None
-        self.prefix = parts.path.strip("/")
         self.config = config
         self.config_file = os.fspath(config_file) if config_file is not None else None
         self.profile = profile
@@ -112,10 +112,6 @@ class OCIStore(Store):
         self._session: aiohttp.ClientSession | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def _name(self, key: str) -> str:
-        key = key.lstrip("/")
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     def _load_config(self) -> dict[str, Any]:
         import oci
@@ -249,9 +245,7 @@ class OCIStore(Store):
         return ObjectInfo(key=key, size=int(headers["Content-Length"]), etag=headers.get("ETag"))
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
-        if start < 0 or end < start:
-            raise ValueError(f"bad byte range [{start}, {end}) for {self.join(key)}")
-        if start == end:
+        if self._check_range(key, start, end):
             return b""
         path = await self._object_path(key)
 
@@ -259,13 +253,7 @@ class OCIStore(Store):
             headers = {"Range": f"bytes={start}-{end - 1}"}
             return (await self._request("GET", path, headers=headers))[2]
 
-        data = await self._retrying(key, op)
-        if len(data) != end - start:
-            raise StorageError(
-                f"range [{start}, {end}) of {self.join(key)} gave {len(data)} bytes"
-                f" instead of {end - start}: the object is shorter"
-            )
-        return data
+        return self._exact(key, start, end, await self._retrying(key, op))
 
     async def read(self, key: str) -> bytes:
         path = await self._object_path(key)
@@ -288,7 +276,7 @@ class OCIStore(Store):
     async def upload(self, src: str | os.PathLike[str], key: str) -> None:
         """Upload a local file: one PUT below the multipart threshold, else a multipart upload
         of concurrent parts that is aborted if any part fails."""
-        size = os.stat(src).st_size
+        size = (await anyio.Path(src).stat()).st_size
         if size < self.transfer.multipart_threshold:
             data = await anyio.Path(src).read_bytes()
             await self.write(key, data)
@@ -298,8 +286,6 @@ class OCIStore(Store):
     async def _multipart_upload(self, src: str, key: str, size: int) -> None:
         base = await self._base()
         name = self._name(key)
-        # Part size grows past the configured one only where 10,000 parts would not suffice.
-        part_size = max(self.transfer.part_size, -(-size // MAX_PARTS))
 
         async def create() -> str:
             body = (await self._request("POST", f"{base}/u", json_body={"object": name}))[2]
@@ -307,53 +293,31 @@ class OCIStore(Store):
 
         upload_id = await self._retrying(key, create)
         upload_path = f"{base}/u/{quote(name, safe='')}"
-        ranges = [(i, min(i + part_size, size)) for i in range(0, size, part_size)]
         etags: dict[int, str] = {}
-        pending = iter(enumerate(ranges, start=1))
-        fd = os.open(src, os.O_RDONLY)
+
+        async def send(number: int, data: bytes) -> None:
+            async def put() -> str:
+                query = {"uploadId": upload_id, "uploadPartNum": str(number)}
+                _, headers, _ = await self._request("PUT", upload_path, query=query, body=data)
+                return headers["ETag"]
+
+            etags[number] = await self._retrying(key, put)
+
+        async def commit() -> None:
+            parts = [{"partNum": n, "etag": etags[n]} for n in sorted(etags)]
+            await self._request(
+                "POST",
+                upload_path,
+                query={"uploadId": upload_id},
+                json_body={"partsToCommit": parts},
+            )
+
         try:
-
-            async def worker() -> None:
-                # Workers share one iterator: their number bounds parts in flight (and memory
-                # held: concurrency * part_size).
-                for number, (start, end) in pending:
-                    data = await anyio.to_thread.run_sync(os.pread, fd, end - start, start)
-
-                    async def put(number: int = number, data: bytes = data) -> str:
-                        query = {"uploadId": upload_id, "uploadPartNum": str(number)}
-                        headers = (await self._request("PUT", upload_path, query=query, body=data))[
-                            1
-                        ]
-                        return headers["ETag"]
-
-                    etags[number] = await self._retrying(key, put)
-
-            workers = [
-                asyncio.ensure_future(worker())
-                for _ in range(min(self.transfer.concurrency, len(ranges)))
-            ]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-
-            async def commit() -> None:
-                parts = [{"partNum": n, "etag": etags[n]} for n in sorted(etags)]
-                await self._request(
-                    "POST",
-                    upload_path,
-                    query={"uploadId": upload_id},
-                    json_body={"partsToCommit": parts},
-                )
-
+            await run_parts(src, size, self.transfer, MAX_PARTS, send)
             await self._retrying(key, commit)
         except BaseException:
             await self._abort(upload_path, upload_id)
             raise
-        finally:
-            os.close(fd)
 
     async def _abort(self, upload_path: str, upload_id: str) -> None:
         # Best effort, shielded from the cancellation that may have brought us here: an
@@ -368,9 +332,8 @@ class OCIStore(Store):
 
     async def list(self, prefix: str = "") -> list[str]:
         base = await self._base()
-        root = f"{self.prefix}/" if self.prefix else ""
-        full = root + prefix.lstrip("/")
-        keys: list[str] = []
+        full = self._list_prefix(prefix)
+        names: list[str] = []
         start: str | None = None
         while True:
             query = {"prefix": full, "fields": "name"}
@@ -384,10 +347,10 @@ class OCIStore(Store):
                 return page
 
             page = await self._retrying(prefix, op)
-            keys.extend(item["name"][len(root) :] for item in page.get("objects", ()))
+            names.extend(item["name"] for item in page.get("objects", ()))
             start = page.get("nextStartWith")
             if not start:
-                return sorted(keys)
+                return self._relative(names)
 
     # -- lifetime --------------------------------------------------------------------------
 
