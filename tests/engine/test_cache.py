@@ -206,8 +206,8 @@ def test_exactly_once_per_node_across_processes(remote: Path, local: Path, log: 
     sizes = [20_000 + i for i in range(6)]
     shards = write_dataset(remote, sizes)
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Manager().Barrier(4)
-    with ctx.Pool(4) as pool:
+    with ctx.Manager() as manager, ctx.Pool(4) as pool:
+        barrier = manager.Barrier(4)  # all four start fetching at once
         results = pool.starmap(
             fetch_all, [(str(remote), str(local), str(log), seed, barrier) for seed in range(4)]
         )
