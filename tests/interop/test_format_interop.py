@@ -33,6 +33,7 @@ streaming = pytest.importorskip("streaming")
 Image = pytest.importorskip("PIL.Image")
 
 from streaming.base.compression import decompress as reference_decompress  # noqa: E402
+from streaming.base.dataset import StreamingDataset  # noqa: E402
 from streaming.base.format import CSVWriter as RefCSVWriter  # noqa: E402
 from streaming.base.format import JSONWriter as RefJSONWriter  # noqa: E402
 from streaming.base.format import MDSWriter as RefMDSWriter  # noqa: E402
@@ -552,6 +553,30 @@ def test_local_dataset_of_reference_reads_astream_dataset(tmp_path: Path) -> Non
     dataset = LocalDataset(local=str(out))
     assert len(dataset) == len(samples)
     assert canon_samples(dataset[i] for i in range(len(dataset))) == canon_samples(samples)
+
+
+@pytest.mark.usefixtures("allow_reference_file_leaks")
+@pytest.mark.parametrize("codec", [None, "zstd:9", "br:5"], ids=str)
+def test_streaming_dataset_of_reference_reads_astream_dataset(
+    tmp_path: Path, codec: str | None
+) -> None:
+    # The reference's whole local read path: it checks the hash of each compressed file,
+    # decompresses it with its own codec and reads the shard.
+    samples = simple_samples(200, seed=6)
+    out = write(
+        MDSWriter,
+        tmp_path / "ours",
+        samples,
+        columns=SIMPLE_ENCODINGS,
+        compression=codec,
+        hashes=["sha1", "xxh64"],
+        size_limit=4096,
+    )
+    dataset = StreamingDataset(
+        local=str(out), remote=None, shuffle=False, batch_size=4, validate_hash="xxh64"
+    )
+    assert len(dataset) == len(samples)
+    assert canon_samples(dataset) == canon_samples(samples)
 
 
 def test_merged_index_written_by_astream_reads_in_reference(tmp_path: Path) -> None:
