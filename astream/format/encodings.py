@@ -68,7 +68,8 @@ class _Bytes(Encoding):
         return bytes(value)
 
     def decode(self, data: bytes) -> bytes:
-        return bytes(data)
+        # Readers hand over a fresh bytes slice already: no second copy.
+        return data if type(data) is bytes else bytes(data)
 
 
 class _Str(Encoding):

@@ -129,27 +129,36 @@ class _MDSLayout(_Layout):
                 )
             columns.append((name, spec, encoding.decode, size))
         self.columns = tuple(columns)
+        self.plan = tuple((name, decode, size) for name, _spec, decode, size in columns)
+        self.specs = dict(zip(names, encodings, strict=True))
         self.var_count = sum(size is None for size in sizes)
         # The body starts with one uint32 size per variable-size column, in column order.
         self.sizes = struct.Struct(f"<{self.var_count}I")
 
     def decode(self, buf: _Buffer, begin: int, end: int, source: str) -> dict[str, Any]:
-        var_sizes = iter(self.sizes.unpack_from(buf, begin) if self.var_count else ())
+        # The hot path of every read: kept to plain int arithmetic, one slice per column.
+        sizes = self.sizes.unpack_from(buf, begin) if self.var_count else ()
         pos = begin + 4 * self.var_count
+        var = 0
         sample: dict[str, Any] = {}
-        for name, spec, decode, fixed in self.columns:
-            stop = pos + (fixed if fixed is not None else next(var_sizes))
-            if stop > end:
-                raise ShardCorruptError(f"{source}: column {name!r} runs past its sample's end")
-            try:
+        name = ""
+        try:
+            for name, decode, fixed in self.plan:
+                if fixed is None:
+                    stop = pos + sizes[var]
+                    var += 1
+                else:
+                    stop = pos + fixed
+                if stop > end:
+                    raise ShardCorruptError(f"{source}: column {name!r} runs past its sample's end")
                 sample[name] = decode(buf[pos:stop])
-            except MissingDependencyError:
-                raise
-            except Exception as exc:
-                raise ShardCorruptError(
-                    f"{source}: column {name!r} does not decode as {spec}: {exc}"
-                ) from exc
-            pos = stop
+                pos = stop
+        except (MissingDependencyError, ShardCorruptError):
+            raise
+        except Exception as exc:
+            raise ShardCorruptError(
+                f"{source}: column {name!r} does not decode as {self.specs[name]}: {exc}"
+            ) from exc
         return sample
 
 
@@ -279,6 +288,7 @@ class ShardReader:
         self.path = Path(directory) / info.raw.basename
         self._source = str(self.path)
         self._layout = layout
+        self._decode = layout.decode
         self._data = data
         self._extra = extra
         # A Python list indexes several times faster than a numpy array.
@@ -304,7 +314,7 @@ class ShardReader:
         offsets = self._offsets
         if not 0 <= index < self._count:
             index = self._index(index)
-        return self._layout.decode(self._data, offsets[index], offsets[index + 1], self._source)
+        return self._decode(self._data, offsets[index], offsets[index + 1], self._source)
 
     def close(self) -> None:
         """Unmap the shard's files. Idempotent."""
