@@ -252,6 +252,13 @@ def write(writer: Any, out: Path, samples: Iterable[Sample], **kwargs: Any) -> P
     return out
 
 
+def write_simple(writer: Any, out: Path, samples: list[Sample], **options: Any) -> Path:
+    """``samples`` of SIMPLE_ENCODINGS in shards of at most 4 KiB unless ``options`` say else."""
+    return write(
+        writer, out, samples, **{"columns": SIMPLE_ENCODINGS, "size_limit": 4096, **options}
+    )
+
+
 def inflate(directory: Path, index: dict[str, Any], decompress: Decompress) -> None:
     """Decompress every shard file the index names compressed, next to it."""
     for shard in index["shards"]:
@@ -333,14 +340,7 @@ def test_every_encoding_written_by_reference_reads_the_same(tmp_path: Path) -> N
 @pytest.mark.parametrize("codec", CODECS_BOTH_KNOW, ids=str)
 def test_each_codec_written_by_reference_reads_the_same(tmp_path: Path, codec: str | None) -> None:
     samples = simple_samples(120)
-    out = write(
-        RefMDSWriter,
-        tmp_path / "ref",
-        samples,
-        columns=SIMPLE_ENCODINGS,
-        compression=codec,
-        size_limit=4096,
-    )
+    out = write_simple(RefMDSWriter, tmp_path / "ref", samples, compression=codec)
     assert len(shard_counts(out)) > 3
     ours = read_astream(out)
     assert canon_samples(ours) == canon_samples(samples)
@@ -360,14 +360,7 @@ def test_empty_shards_written_by_reference_read_as_empty(tmp_path: Path) -> None
     # A sample bigger than size_limit makes the reference flush the shard it has so far first,
     # empty when nothing came before: shard 0 has no samples, then one sample per shard.
     samples = [{"id": i, "data": bytes([i]) * 500, "text": str(i)} for i in range(5)]
-    out = write(
-        RefMDSWriter,
-        tmp_path / "ref",
-        samples,
-        columns=SIMPLE_ENCODINGS,
-        compression="zstd",
-        size_limit=100,
-    )
+    out = write_simple(RefMDSWriter, tmp_path / "ref", samples, compression="zstd", size_limit=100)
     assert shard_counts(out) == [0, 1, 1, 1, 1, 1]
     assert canon_samples(read_astream(out)) == canon_samples(samples)
 
@@ -382,14 +375,12 @@ def test_empty_shards_written_by_reference_read_as_empty(tmp_path: Path) -> None
     ids=["sha", "blake-sha3", "xxhash"],
 )
 def test_hashes_written_by_reference_match_astream(tmp_path: Path, hashes: list[str]) -> None:
-    out = write(
+    out = write_simple(
         RefMDSWriter,
         tmp_path / "ref",
         simple_samples(40),
-        columns=SIMPLE_ENCODINGS,
         compression="zstd:5",
         hashes=sorted(hashes),
-        size_limit=4096,
     )
     obj = json.loads((out / "index.json").read_bytes())
     checked = 0
@@ -412,14 +403,7 @@ def test_merged_index_written_by_reference_reads_the_same(tmp_path: Path) -> Non
     root = tmp_path / "ref"
     parts = [simple_samples(50, seed=1), simple_samples(30, seed=2), simple_samples(40, seed=3)]
     for i, part in enumerate(parts):
-        write(
-            RefMDSWriter,
-            root / f"part{i}",
-            part,
-            columns=SIMPLE_ENCODINGS,
-            compression="zstd" if i != 1 else None,
-            size_limit=4096,
-        )
+        write_simple(RefMDSWriter, root / f"part{i}", part, compression="zstd" if i != 1 else None)
     reference_merge_index([str(root / f"part{i}" / "index.json") for i in range(3)], str(root))
     basenames = [
         s["raw_data"]["basename"] for s in json.loads((root / "index.json").read_text())["shards"]
@@ -528,14 +512,7 @@ def test_each_codec_written_by_astream_reads_the_same_in_reference(
     tmp_path: Path, codec: str | None
 ) -> None:
     samples = simple_samples(120, seed=9)
-    out = write(
-        MDSWriter,
-        tmp_path / "ours",
-        samples,
-        columns=SIMPLE_ENCODINGS,
-        compression=codec,
-        size_limit=4096,
-    )
+    out = write_simple(MDSWriter, tmp_path / "ours", samples, compression=codec)
     assert len(shard_counts(out)) > 3
     assert canon_samples(read_reference(out)) == canon_samples(samples)
 
@@ -563,14 +540,8 @@ def test_streaming_dataset_of_reference_reads_astream_dataset(
     # The reference's whole local read path: it checks the hash of each compressed file,
     # decompresses it with its own codec and reads the shard.
     samples = simple_samples(200, seed=6)
-    out = write(
-        MDSWriter,
-        tmp_path / "ours",
-        samples,
-        columns=SIMPLE_ENCODINGS,
-        compression=codec,
-        hashes=["sha1", "xxh64"],
-        size_limit=4096,
+    out = write_simple(
+        MDSWriter, tmp_path / "ours", samples, compression=codec, hashes=["sha1", "xxh64"]
     )
     dataset = StreamingDataset(
         local=str(out), remote=None, shuffle=False, batch_size=4, validate_hash="xxh64"
