@@ -12,8 +12,10 @@ import pytest
 from astream.errors import ObjectNotFoundError
 from astream.storage import open_store
 from astream.storage.gcs import GCSStore
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.gcs import FakeGCS, fake_gcs_server
 from tests.servers.process import ServerUnavailable
+from tests.storage.cloud_faults import RETRY, TRANSFER, assert_faults_retried
 from tests.storage.conformance import StoreConformance, payload
 
 
@@ -91,3 +93,14 @@ def test_rejects_other_urls() -> None:
         GCSStore("gs:///nobucket")
     with pytest.raises(ValueError, match="gs://"):
         GCSStore("s3://bucket/x")
+
+
+async def test_faults_are_retried(gcs: FakeGCS, bucket: str, tmp_path: Path) -> None:
+    with FaultProxy(gcs.url, stall_seconds=1.5) as proxy:
+        async with GCSStore(
+            f"gs://{bucket}/faults-{uuid.uuid4().hex}",
+            endpoint_url=proxy.url,
+            retry=RETRY,
+            transfer=TRANSFER,
+        ) as store:
+            await assert_faults_retried(store, proxy, tmp_path)

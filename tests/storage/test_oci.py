@@ -12,7 +12,9 @@ import pytest
 from astream.errors import StoragePermissionError
 from astream.storage import TransferConfig, open_store
 from astream.storage.oci import OCIStore
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.oci_server import OCIServer, oci_server, throwaway_config
+from tests.storage.cloud_faults import RETRY, TRANSFER, assert_faults_retried
 from tests.storage.conformance import StoreConformance, payload
 
 oci = pytest.importorskip("oci", reason="the oci SDK (astream[oci]) is not installed")
@@ -116,3 +118,13 @@ def test_endpoint_defaults_to_the_config_region() -> None:
     assert (store.bucket, store.namespace, store.prefix) == ("b", "ns", "p")
     with pytest.raises(ValueError, match="oci://"):
         OCIStore("oci:///p")
+
+
+async def test_faults_are_retried(server: OCIServer, bucket: str, tmp_path: Path) -> None:
+    # The proxy forwards the Host header it was sent, so signatures still verify upstream.
+    with FaultProxy(server.url, stall_seconds=1.5) as proxy:
+        url = f"oci://{bucket}@{server.namespace}/faults-{uuid.uuid4().hex}"
+        async with OCIStore(
+            url, config=server.config, endpoint_url=proxy.url, retry=RETRY, transfer=TRANSFER
+        ) as store:
+            await assert_faults_retried(store, proxy, tmp_path)
