@@ -130,3 +130,15 @@ def test_hash_file_streams_and_matches_the_library(tmp_path: Path, algo: str) ->
 def test_unknown_hash_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shake_128"):
         hash_bytes("shake_128", b"")
+
+
+def test_zstd_reads_every_frame_and_refuses_a_cut_one(tmp_path: Path) -> None:
+    joined = compress("zstd", b"first ") + compress("zstd:19", b"second")
+    assert decompress("zstd", joined) == b"first second"
+    src = tmp_path / "two.zstd"
+    src.write_bytes(joined)
+    decompress_file("zstd", src, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"first second"
+    src.write_bytes(joined[:-2])
+    with pytest.raises(ShardCorruptError, match=r"two\.zstd.*truncated"):
+        decompress_file("zstd", src, tmp_path / "out")

@@ -354,3 +354,18 @@ def test_missing_shard_file(tmp_path: Path) -> None:
     (tmp_path / shard.raw.basename).unlink()
     with pytest.raises(FileNotFoundError, match=r"shard\.00000\.mds"):
         open_shard(shard, tmp_path)
+
+
+def test_undecodable_column_is_named(tmp_path: Path) -> None:
+    with MDSWriter(out=tmp_path, columns={"t": "str"}) as writer:
+        writer.write({"t": "ok"})
+    shard = read_index(tmp_path).shards[0]
+    path = tmp_path / shard.raw.basename
+    data = bytearray(path.read_bytes())
+    data[-2:] = b"\xff\xfe"  # not UTF-8
+    path.write_bytes(data)
+    with (
+        open_shard(shard, tmp_path) as reader,
+        pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds: column 't'.*as str"),
+    ):
+        reader[0]
