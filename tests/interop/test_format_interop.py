@@ -51,11 +51,15 @@ from astream.format import (  # noqa: E402
     MDSWriter,
     TSVWriter,
     XSVWriter,
+    decode_sample,
     decompress_file,
     hash_file,
     load_index,
     merge_index,
+    offsets_range,
     open_shard,
+    parse_offsets,
+    payload_basename,
 )
 
 Sample = dict[str, Any]
@@ -291,6 +295,26 @@ def read_astream(directory: Path, *, allow_unsafe_types: bool = False) -> list[S
     return samples
 
 
+def read_astream_ranged(directory: Path, *, allow_unsafe_types: bool = False) -> list[Sample]:
+    """Every sample through the byte ranges a remote read fetches, not through a shard reader.
+
+    The offsets come from ``offsets_range``'s slice of the header (or ``.meta``) file, each
+    sample from its own ``[off[i], off[i+1])`` slice of the payload file.
+    """
+    path = directory / "index.json"
+    index = load_index(path.read_bytes(), source=str(path))
+    inflate(directory, json.loads(path.read_bytes()), astream_decompress)
+    samples: list[Sample] = []
+    for info in index.shards:
+        basename, start, end = offsets_range(info)
+        offsets = parse_offsets(info, (directory / basename).read_bytes()[start:end])
+        payload = (directory / payload_basename(info)).read_bytes()
+        for i in range(info.samples):
+            data = payload[offsets[i] : offsets[i + 1]]
+            samples.append(decode_sample(info, data, allow_unsafe_types=allow_unsafe_types))
+    return samples
+
+
 def read_reference(directory: Path) -> list[Sample]:
     """Every sample of a local dataset, in order, through the reference's shard readers."""
     obj = json.loads((directory / "index.json").read_bytes())
@@ -332,6 +356,7 @@ def test_every_encoding_written_by_reference_reads_the_same(tmp_path: Path) -> N
     assert len(shard_counts(out)) > 3
     ours = read_astream(out)
     assert canon_samples(ours) == canon_samples(read_reference(out))
+    assert canon_samples(read_astream_ranged(out)) == canon_samples(ours)
     assert lossless_part(ours) == expected_lossless(samples, ALL_ENCODINGS)
     # jpeg columns decode to images of the written size.
     assert [s["jpeg"].size for s in ours] == [(8, 8)] * len(samples)
@@ -363,6 +388,7 @@ def test_empty_shards_written_by_reference_read_as_empty(tmp_path: Path) -> None
     out = write_simple(RefMDSWriter, tmp_path / "ref", samples, compression="zstd", size_limit=100)
     assert shard_counts(out) == [0, 1, 1, 1, 1, 1]
     assert canon_samples(read_astream(out)) == canon_samples(samples)
+    assert canon_samples(read_astream_ranged(out)) == canon_samples(samples)
 
 
 @pytest.mark.parametrize(
@@ -465,6 +491,8 @@ TEXT_WRITERS = [
     pytest.param(RefCSVWriter, CSVWriter, {}, id="csv"),
     pytest.param(RefTSVWriter, TSVWriter, {}, id="tsv"),
     pytest.param(RefXSVWriter, XSVWriter, {"separator": "|"}, id="xsv"),
+    pytest.param(RefCSVWriter, CSVWriter, {"newline": "\r\n"}, id="csv-crlf"),
+    pytest.param(RefJSONWriter, JSONLWriter, {"newline": "\r\n"}, id="jsonl-crlf"),
 ]
 
 
@@ -492,6 +520,7 @@ def test_text_formats_written_by_reference_read_the_same(
     ours = read_astream(out)
     assert canon_samples(ours) == canon_samples(text_samples(200))
     assert canon_samples(ours) == canon_samples(read_reference(out))
+    assert canon_samples(read_astream_ranged(out)) == canon_samples(ours)
 
 
 # ---------------------------------------------------------------------------------------------
