@@ -206,3 +206,39 @@ def _s3rver_rows(
             upload_from=src,
             create_bucket="bench",
         )
+
+
+def cloud_rows(src: Path, size: int, dest: Path, ranged: TransferConfig) -> list[dict[str, Any]]:
+    """Rows for the GCS (fake-gcs-server), Azure (Azurite) and OCI (our loopback server) stores;
+    a server that cannot start here is left out."""
+    from tests.servers.azurite import azurite_server
+    from tests.servers.gcs import fake_gcs_server
+    from tests.servers.oci_server import oci_server
+    from tests.servers.process import ServerUnavailable
+
+    rows: list[dict[str, Any]] = []
+    try:
+        with fake_gcs_server() as gcs:
+            bucket = gcs.create_bucket()
+            options = {"endpoint_url": gcs.url}
+            url = f"gs://{bucket}/bench"
+            rows += _rows_for("fake-gcs-server GCS", url, "object.bin", size, dest, ranged,
+                              options, upload_from=src)  # fmt: skip
+    except ServerUnavailable:
+        pass
+    try:
+        with azurite_server() as azurite:
+            container = azurite.create_container()
+            options = {"connection_string": azurite.connection_string()}
+            url = f"azure://{container}/bench"
+            rows += _rows_for("Azurite Azure Blob", url, "object.bin", size, dest, ranged,
+                              options, upload_from=src)  # fmt: skip
+    except ServerUnavailable:
+        pass
+    with oci_server() as oci:
+        bucket = oci.create_bucket()
+        options = {"config": oci.config, "endpoint_url": oci.url}
+        url = f"oci://{bucket}@{oci.namespace}/bench"
+        rows += _rows_for("astream's OCI server", url, "object.bin", size, dest, ranged,
+                          options, upload_from=src)  # fmt: skip
+    return rows
