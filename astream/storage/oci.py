@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -30,6 +30,7 @@ import yarl
 
 from astream.errors import MissingDependencyError, StorageError
 from astream.storage._cloud import BucketStore, run_parts
+from astream.storage._transfer import pwrite_all
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
 __all__ = ["OCIServiceError", "OCIStore"]
@@ -175,7 +176,8 @@ class OCIStore(BucketStore):
                 self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
-    async def _request(
+    @contextlib.asynccontextmanager
+    async def _send(
         self,
         method: str,
         path: str,
@@ -184,9 +186,8 @@ class OCIStore(BucketStore):
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         json_body: Any = None,
-        read: bool = True,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """Sign and send one request; return status, headers and body, or raise
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Sign and send one request; yield the response with its body unread, or raise
         :class:`OCIServiceError` for an error status."""
         session = await self._ready()
         url = f"{self.endpoint_url}{path}"
@@ -209,8 +210,8 @@ class OCIStore(BucketStore):
         async with session.request(
             method, yarl.URL(url, encoded=True), headers=dict(request.headers), data=body
         ) as response:
-            data = await response.read() if read or response.status >= 400 else b""
             if response.status >= 400:
+                data = await response.read()
                 code, message = "", data.decode(errors="replace")
                 try:
                     payload = json.loads(data)
@@ -218,6 +219,24 @@ class OCIStore(BucketStore):
                 except (ValueError, AttributeError):
                     pass
                 raise OCIServiceError(response.status, code, message)
+            yield response
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        json_body: Any = None,
+        read: bool = True,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """:meth:`_send`, returning status, headers and (when ``read``) the whole body."""
+        async with self._send(
+            method, path, query=query, headers=headers, body=body, json_body=json_body
+        ) as response:
+            data = await response.read() if read else b""
             return response.status, response.headers.copy(), data
 
     async def _base(self) -> str:
@@ -254,6 +273,32 @@ class OCIStore(BucketStore):
             return (await self._request("GET", path, headers=headers))[2]
 
         return self._exact(key, start, end, await self._retrying(key, op))
+
+    async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        """One part of :meth:`download`: the body is written at its offsets as it arrives."""
+        if self._check_range(key, start, end):
+            return
+        path = await self._object_path(key)
+
+        async def get() -> None:
+            headers = {"Range": f"bytes={start}-{end - 1}"}
+            async with self._send("GET", path, headers=headers) as response:
+                offset = start
+                async for chunk in response.content.iter_any():
+                    if offset + len(chunk) > end:
+                        raise StorageError(f"{self.join(key)}: more than the bytes asked for")
+                    # A page-cache write of one chunk costs less than a thread hop.
+                    pwrite_all(fd, chunk, offset)
+                    offset += len(chunk)
+            if offset != end:
+                # A clipped range (the object is shorter) is final; a cut body shows up as
+                # aiohttp's payload error above and is retried.
+                raise StorageError(
+                    f"range [{start}, {end}) of {self.join(key)} gave {offset - start} bytes"
+                    f" instead of {end - start}: the object is shorter"
+                )
+
+        await self._retrying(key, get)
 
     async def read(self, key: str) -> bytes:
         path = await self._object_path(key)
