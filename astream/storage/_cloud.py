@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 
 import anyio
 
 from astream.errors import StorageError
+from astream.storage._transfer import pwrite_all
 from astream.storage.base import RetryConfig, Store, TransferConfig
 
-__all__ = ["BucketStore", "part_plan", "run_parts"]
+__all__ = ["BucketStore", "part_plan", "run_parts", "write_body"]
 
 
 class BucketStore(Store):
@@ -63,6 +64,28 @@ class BucketStore(Store):
                 f" instead of {end - start}: the object is shorter"
             )
         return data
+
+
+async def write_body(chunks: AsyncIterable[bytes], fd: int, start: int, end: int, url: str) -> None:
+    """Write a range response's body at its offsets of ``fd`` as it arrives (no part-sized
+    buffer); exactly ``end - start`` bytes, or :class:`~astream.errors.StorageError`.
+
+    A body cut off mid-way fails inside the iteration (aiohttp's payload error, retried by the
+    caller's loop); a complete body that is short means the service clipped the range because
+    the object is shorter, which is final.
+    """
+    offset = start
+    async for chunk in chunks:
+        if offset + len(chunk) > end:
+            raise StorageError(f"{url}: more than the {end - start} bytes asked for")
+        # A page-cache write of one chunk costs less than a thread hop.
+        pwrite_all(fd, chunk, offset)
+        offset += len(chunk)
+    if offset != end:
+        raise StorageError(
+            f"range [{start}, {end}) of {url} gave {offset - start} bytes"
+            f" instead of {end - start}: the object is shorter"
+        )
 
 
 def part_plan(size: int, transfer: TransferConfig, max_parts: int) -> list[tuple[int, int]]:

@@ -29,8 +29,7 @@ import anyio
 import yarl
 
 from astream.errors import MissingDependencyError, StorageError
-from astream.storage._cloud import BucketStore, run_parts
-from astream.storage._transfer import pwrite_all
+from astream.storage._cloud import BucketStore, run_parts, write_body
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
 __all__ = ["OCIServiceError", "OCIStore"]
@@ -283,20 +282,7 @@ class OCIStore(BucketStore):
         async def get() -> None:
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with self._send("GET", path, headers=headers) as response:
-                offset = start
-                async for chunk in response.content.iter_any():
-                    if offset + len(chunk) > end:
-                        raise StorageError(f"{self.join(key)}: more than the bytes asked for")
-                    # A page-cache write of one chunk costs less than a thread hop.
-                    pwrite_all(fd, chunk, offset)
-                    offset += len(chunk)
-            if offset != end:
-                # A clipped range (the object is shorter) is final; a cut body shows up as
-                # aiohttp's payload error above and is retried.
-                raise StorageError(
-                    f"range [{start}, {end}) of {self.join(key)} gave {offset - start} bytes"
-                    f" instead of {end - start}: the object is shorter"
-                )
+                await write_body(response.content.iter_any(), fd, start, end, self.join(key))
 
         await self._retrying(key, get)
 
