@@ -11,8 +11,9 @@ decode every sample in order over the same files:
 
 For zstd each side first decompresses the shards next to them with its own codec (astream's
 ``decompress_file``, the reference's ``decompress``); that time is reported apart and in the
-end-to-end rate. Files are read with a warm page cache (just written and synced). Each measurement is the
-best of ``REPEATS`` passes. If ``streaming`` does not import, astream is measured alone.
+end-to-end rate. Files are read with a warm page cache (just written and synced). Each
+measurement is the best of ``REPEATS`` rounds, in which the two sides take turns. If
+``streaming`` does not import, astream is measured alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,36 +109,47 @@ def _reference_read(directory: Path) -> tuple[int, int]:
     return count, checksum
 
 
-def _best(fn: Callable[[], Any], before: Callable[[], None] | None = None) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(REPEATS):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+class _Side(NamedTuple):
+    name: str
+    read: Callable[[Path], tuple[int, int]]
+    decompress: Callable[[Path], None]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
 
 
 def _measure(
-    name: str,
-    directory: Path,
-    n: int,
-    read: Callable[[Path], tuple[int, int]],
-    decompress: Callable[[Path], None] | None,
-) -> tuple[dict[str, Any], int]:
-    row: dict[str, Any] = {"name": name}
-    unzip_s = 0.0
-    if decompress is not None:
-        unzip_s, _ = _best(lambda: decompress(directory), lambda: _remove_raw(directory))
-        row["decompress_s"] = unzip_s
-    read_s, (count, checksum) = _best(lambda: read(directory))
-    if count != n:
-        raise RuntimeError(f"{name}: read {count} samples, expected {n}")
-    row["read_s"] = read_s
-    row["samples_per_s"] = n / read_s
-    row["end_to_end_samples_per_s"] = n / (read_s + unzip_s)
-    return row, checksum
+    sides: list[_Side], directory: Path, n: int, compressed: bool
+) -> list[tuple[dict[str, Any], int]]:
+    """Best-of-REPEATS rows per side; the sides take turns in each round, so that both see the
+    same machine load. A compressed round decompresses with the side's own codec, then reads."""
+    best_unzip = [float("inf")] * len(sides)
+    best_read = [float("inf")] * len(sides)
+    checksums = [0] * len(sides)
+    for _ in range(REPEATS):
+        for k, side in enumerate(sides):
+            if compressed:
+                _remove_raw(directory)
+                unzip_s, _ = _timed(lambda side=side: side.decompress(directory))
+                best_unzip[k] = min(best_unzip[k], unzip_s)
+            read_s, (count, checksums[k]) = _timed(lambda side=side: side.read(directory))
+            if count != n:
+                raise RuntimeError(f"{side.name}: read {count} samples, expected {n}")
+            best_read[k] = min(best_read[k], read_s)
+    results = []
+    for k, side in enumerate(sides):
+        unzip_s = best_unzip[k] if compressed else 0.0
+        row: dict[str, Any] = {"name": side.name}
+        if compressed:
+            row["decompress_s"] = unzip_s
+        row["read_s"] = best_read[k]
+        row["samples_per_s"] = n / best_read[k]
+        row["end_to_end_samples_per_s"] = n / (best_read[k] + unzip_s)
+        results.append((row, checksums[k]))
+    return results
 
 
 def run(workdir: Path, quick: bool) -> dict[str, Any]:
@@ -152,7 +164,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     notes = [
         f"{n:,} samples of a {SAMPLE_BYTES}-byte bytes column and an int column, "
         "default 64 MiB shards, written by astream's MDSWriter",
-        f"best of {REPEATS} passes over a warm page cache; zstd rows decompress every shard first "
+        f"best of {REPEATS} rounds (the readers take turns) over a warm page cache; zstd rows decompress every shard first "
         "(decompress_s, its own codec each) and end_to_end counts that time",
     ]
     if not have_reference:
@@ -163,24 +175,16 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         label = compression or "uncompressed"
         directory = workdir / label
         _write(directory, n, compression)
-        ours, our_sum = _measure(
-            f"astream {label}",
-            directory,
-            n,
-            _astream_read,
-            _astream_decompress if compression else None,
-        )
-        rows.append(ours)
+        sides = [_Side(f"astream {label}", _astream_read, _astream_decompress)]
+        if have_reference:
+            sides.append(
+                _Side(f"mosaicml-streaming {label}", _reference_read, _reference_decompress)
+            )
+        measured = _measure(sides, directory, n, compressed=compression is not None)
+        rows.extend(row for row, _ in measured)
         if not have_reference:
             continue
-        theirs, their_sum = _measure(
-            f"mosaicml-streaming {label}",
-            directory,
-            n,
-            _reference_read,
-            _reference_decompress if compression else None,
-        )
-        rows.append(theirs)
+        (ours, our_sum), (theirs, their_sum) = measured
         if our_sum != their_sum:
             raise RuntimeError(f"{label}: the two readers decoded different samples")
         ratios[f"read {label}"] = ours["samples_per_s"] / theirs["samples_per_s"]
