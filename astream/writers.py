@@ -1,0 +1,367 @@
+"""Dataset writers that upload to a store while they write.
+
+:class:`MDSWriter`, :class:`JSONLWriter` (alias :data:`JSONWriter`), :class:`CSVWriter`,
+:class:`TSVWriter` and :class:`XSVWriter` take the keyword arguments of mosaicml-streaming's
+writers of the same names. ``out`` is one of:
+
+- a local directory: exactly the local writer of :mod:`astream.format.writer`;
+- a URL that :func:`~astream.storage.open_store` serves (``"s3://bucket/prefix"``): files are
+  written into a temporary local directory and uploaded; the directory is removed at the end
+  unless ``keep_local=True``;
+- a tuple ``(local_dir, remote_url)``: files are written into ``local_dir`` and uploaded.
+
+Each finished file is uploaded on the process's IO loop thread while writing goes on; with
+``keep_local=False`` it is deleted locally once uploaded. ``index.json`` is uploaded only after
+every other upload has succeeded, so a reader never finds an index naming shards that are not
+there. A failed upload (after the store's retries) is raised from the next :meth:`write`,
+:meth:`finish` or ``with`` exit as a :class:`~astream.errors.StorageError` naming the file and
+its URL, and then no index is uploaded. An exception inside the ``with`` block cancels the
+uploads in flight and uploads no index (shards already uploaded stay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from astream.engine.loop import IOLoop, io_loop
+from astream.errors import StorageError
+from astream.format import writer as _format
+from astream.format.index import INDEX_BASENAME
+from astream.storage import RetryConfig, Store, open_store
+
+__all__ = [
+    "CSVWriter",
+    "JSONLWriter",
+    "JSONWriter",
+    "MDSWriter",
+    "TSVWriter",
+    "XSVWriter",
+]
+
+#: Uploads in flight per writer when ``max_workers`` is not given.
+DEFAULT_MAX_WORKERS = 8
+
+PathLike = str | os.PathLike[str]
+#: What ``out`` may be: a local directory, a remote URL, or ``(local_dir, remote_url)``.
+Out = PathLike | tuple[PathLike, str]
+
+_W = TypeVar("_W", bound="_UploadingWriter")
+
+
+def _split_out(out: Out) -> tuple[PathLike | None, str | None]:
+    """``(local directory or None for a temporary one, remote URL or None)``."""
+    if isinstance(out, tuple):
+        local, remote = out
+        return local, remote
+    if isinstance(out, str) and "://" in out:  # any scheme, file:// included
+        return None, out
+    return out, None
+
+
+class _Uploads:
+    """The uploads of one writer: started from the writer's thread, run on the IO loop.
+
+    Bound: at most ``max_workers`` uploads are in flight (submitted and not yet settled).
+    :meth:`submit` takes a slot first and *blocks the writer's thread* until one is free, so
+    when uploads fall behind the writer waits instead of filling the disk with finished shards
+    (with ``keep_local=False`` at most ``max_workers + 1`` shard files exist locally at once).
+    A settled upload frees its slot from its done callback, success or not, so a failure never
+    leaves the writer waiting.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_workers: int,
+        keep_local: bool,
+        progress_bar: bool,
+    ) -> None:
+        self.store = store
+        self.keep_local = keep_local
+        self.loop: IOLoop = io_loop()
+        self._slots = threading.Semaphore(max_workers)
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future[None]] = set()
+        # Tasks of the uploads, touched on the loop thread only (to cancel them on abort).
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure: StorageError | None = None
+        self._closed = False
+        self._bar = _progress_bar(store.url) if progress_bar else None
+
+    # -- the writer's thread ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise the first upload failure, if any (and from then on, every time)."""
+        with self._lock:
+            failure = self._failure
+        if failure is not None:
+            self.close(cancel=True)
+            raise failure
+
+    def submit(self, basename: str, path: Path) -> None:
+        """Start uploading ``path`` as ``basename``; blocks while ``max_workers`` are in flight."""
+        self.check()
+        self._slots.acquire()  # the backpressure: see the class docstring
+        try:
+            self.check()
+            future = self.loop.submit(self._upload(basename, path))
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._settled)
+
+    def upload_last(self, basename: str, path: Path) -> None:
+        """Wait for every upload, then upload ``path`` (the index) and close the store."""
+        with self._lock:
+            pending = set(self._pending)
+        concurrent.futures.wait(pending)
+        self.check()
+        try:
+            self.loop.run(self._upload(basename, path, track=False))
+        except StorageError as exc:
+            with self._lock:
+                self._failure = exc
+            raise
+        self._count_done()
+        self.close(cancel=False)
+
+    def close(self, *, cancel: bool) -> None:
+        """Cancel (or wait for) the uploads in flight, then close the store on the loop."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            pending = set(self._pending)
+        if cancel:
+            self.loop.run(self._cancel_all())
+        concurrent.futures.wait(pending)
+        with contextlib.suppress(Exception):  # closing must not hide the error being raised
+            self.loop.run(self.store.aclose())
+        if self._bar is not None:
+            self._bar.close()
+
+    # -- the loop's thread -----------------------------------------------------------------
+
+    async def _upload(self, basename: str, path: Path, *, track: bool = True) -> None:
+        task = asyncio.current_task()
+        if track and task is not None:
+            self._tasks.add(task)
+        try:
+            await self.store.upload(path, basename)
+        except Exception as exc:
+            raise StorageError(
+                f"cannot upload {path} to {self.store.join(basename)}: {exc}"
+            ) from exc
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+        if not self.keep_local:
+            await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+
+    async def _cancel_all(self) -> None:
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _settled(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+            exc = None if future.cancelled() else future.exception()
+            if exc is None:
+                if not future.cancelled():
+                    self._count_done()
+            elif self._failure is None:
+                # _upload raises StorageError for every Exception; anything else is wrapped.
+                self._failure = (
+                    exc if isinstance(exc, StorageError) else StorageError(f"upload: {exc!r}")
+                )
+        self._slots.release()
+
+    def _count_done(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+
+def _progress_bar(url: str) -> Any:
+    """A tqdm bar counting uploaded files, or ``None`` when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(desc=f"uploading to {url}", unit="file")
+
+
+class _UploadingWriter(_format.ShardWriter):
+    """What the uploading writers add to the local ones (see the module docstring).
+
+    :param out: a local directory, a remote URL, or ``(local_dir, remote_url)``.
+    :param keep_local: with a remote, keep the local files after they are uploaded (and the
+        temporary directory of a remote-only ``out``); otherwise each is deleted once uploaded.
+    :param max_workers: uploads in flight at once (default :data:`DEFAULT_MAX_WORKERS`); the
+        writer waits when that many are running.
+    :param retry: retries of each upload request after the first try
+        (``RetryConfig(attempts=retry + 1)``).
+    :param progress_bar: show a tqdm bar of uploaded files (when tqdm is installed).
+    :param storage_options: keyword options for :func:`~astream.storage.open_store`
+        (``endpoint_url``, credentials, ...).
+
+    The other keyword arguments are the format writer's.
+    """
+
+    def __init__(
+        self,
+        *,
+        out: Out,
+        keep_local: bool = False,
+        max_workers: int | None = None,
+        retry: int = 2,
+        progress_bar: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if retry < 0:
+            raise ValueError(f"retry must be >= 0, got {retry}")
+        local, remote = _split_out(out)
+        #: The remote URL the dataset is uploaded to (``None`` for a local writer).
+        self.remote = remote
+        self._discard_local = remote is not None and not keep_local
+        # A temporary directory of ours for a remote-only ``out`` (removed at the end).
+        self._temporary: Path | None = None
+        if local is None:
+            self._temporary = Path(tempfile.mkdtemp(prefix="astream-writer-"))
+            local = self._temporary
+        self._uploads: _Uploads | None = None
+        try:
+            if remote is not None:
+                store = open_store(
+                    remote, retry=RetryConfig(attempts=retry + 1), **dict(storage_options or {})
+                )
+                self._uploads = _Uploads(
+                    store,
+                    max_workers=max_workers or DEFAULT_MAX_WORKERS,
+                    keep_local=keep_local,
+                    progress_bar=progress_bar,
+                )
+            super().__init__(
+                out=local,
+                keep_local=keep_local,
+                max_workers=max_workers,
+                retry=retry,
+                progress_bar=progress_bar,
+                **kwargs,
+            )
+        except BaseException:
+            self._discard(cancel=True)
+            raise
+
+    def _publish(self, basename: str, local_path: Path) -> None:
+        if self._uploads is None:
+            return
+        if basename == INDEX_BASENAME:
+            # Last, and only once every shard upload has succeeded.
+            self._uploads.upload_last(basename, local_path)
+        else:
+            self._uploads.submit(basename, local_path)
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        """Add one sample (see the format writer's ``write``).
+
+        :raises StorageError: an earlier upload failed; it names the file and URL.
+        """
+        if self._uploads is not None:
+            self._uploads.check()
+        super().write(sample)
+
+    def finish(self) -> None:
+        """Write the last shard, wait for every upload, then upload ``index.json``.
+
+        :raises StorageError: an upload failed (no index is uploaded then).
+        """
+        if self._finished:
+            if self._uploads is not None:
+                self._uploads.check()
+            return
+        try:
+            super().finish()
+        except BaseException:
+            self._finished = True
+            self._discard(cancel=True)
+            raise
+        self._discard(cancel=False)
+
+    def _discard(self, *, cancel: bool) -> None:
+        """Stop the uploads and close the store; remove the local files that are not kept."""
+        if self._uploads is not None:
+            self._uploads.close(cancel=cancel)
+        if not self._discard_local:
+            return
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+        elif not cancel:
+            # A directory the caller named: its files were deleted as they were uploaded;
+            # remove it when nothing else is left in it.
+            with contextlib.suppress(OSError):
+                self.local.rmdir()
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._discard(cancel=True)
+        super().__exit__(exc_type, exc, tb)
+
+
+class MDSWriter(_UploadingWriter, _format.MDSWriter):
+    """Write an MDS dataset to a local directory or a store (see :mod:`astream.writers`).
+
+    ::
+
+        with MDSWriter(out="s3://bucket/c4", columns={"text": "str"}, compression="zstd") as w:
+            for text in texts:
+                w.write({"text": text})
+    """
+
+
+class JSONLWriter(_UploadingWriter, _format.JSONLWriter):
+    """Write a JSONL dataset to a local directory or a store (see :mod:`astream.writers`)."""
+
+
+#: mosaicml-streaming's name for :class:`JSONLWriter`.
+JSONWriter = JSONLWriter
+
+
+class XSVWriter(_UploadingWriter, _format.XSVWriter):
+    """Write delimited text shards to a local directory or a store (see :mod:`astream.writers`)."""
+
+
+class CSVWriter(_UploadingWriter, _format.CSVWriter):
+    """Write CSV shards to a local directory or a store (see :mod:`astream.writers`)."""
+
+
+class TSVWriter(_UploadingWriter, _format.TSVWriter):
+    """Write TSV shards to a local directory or a store (see :mod:`astream.writers`)."""
