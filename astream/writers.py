@@ -148,10 +148,12 @@ class _Uploads:
         self._closed = True
         with self._lock:
             pending = set(self._pending)
+        # Closing must not hide the error being raised (nor fail on a loop shut down at exit).
         if cancel:
-            self.loop.run(self._cancel_all())
+            with contextlib.suppress(Exception):
+                self.loop.run(self._cancel_all())
         concurrent.futures.wait(pending)
-        with contextlib.suppress(Exception):  # closing must not hide the error being raised
+        with contextlib.suppress(Exception):
             self.loop.run(self.store.aclose())
         if self._bar is not None:
             self._bar.close()
@@ -280,6 +282,7 @@ class _UploadingWriter(_format.ShardWriter):
             # Last, and only once every shard upload has succeeded.
             self._uploads.upload_last(basename, local_path)
         else:
+            # Blocks the writer while max_workers uploads are in flight (the backpressure).
             self._uploads.submit(basename, local_path)
 
     def write(self, sample: Mapping[str, Any]) -> None:

@@ -428,6 +428,21 @@ def test_exception_in_the_block_uploads_no_index(
     writer.finish()  # finished (without an index): nothing more happens
 
 
+def test_exception_in_the_block_cancels_the_uploads_in_flight(
+    probe_remote: tuple[Path, dict[str, Any]],
+) -> None:
+    root, options = probe_remote
+    probe = Probe(hold=2)  # uploads are held until released: never, here
+    writer = id_writer("probe://held", options, probe, max_workers=2)
+    with pytest.raises(KeyboardInterrupt), writer:
+        for i in range(3):  # each write flushes the shard before it: two uploads held
+            writer.write({"id": i})
+        assert probe.full.wait(30)
+        raise KeyboardInterrupt
+    assert probe.in_flight == 0
+    assert list(root.iterdir()) == []
+
+
 # -- backpressure ----------------------------------------------------------------------------
 
 
