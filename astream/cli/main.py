@@ -1,0 +1,224 @@
+"""The ``astream`` command line: argument parsing, dispatch and error reporting.
+
+Every user error (a missing dataset, a bad URL, a corrupt index, an unknown scheme: any
+:class:`~astream.errors.AstreamError` or ``OSError``) prints one line ``astream: error: ...``
+on stderr and exits 1; a usage error exits 2, as argparse does. No traceback for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from astream.errors import AstreamError, EncodingError
+from astream.format import get_encoding, is_compression, is_hash
+from astream.units import parse_bytes
+
+__all__ = ["build_parser", "main"]
+
+_Command = Callable[[argparse.Namespace], int]
+
+
+def _columns(text: str) -> dict[str, str]:
+    """``name:encoding,...``; a piece without ``:`` continues the previous encoding's
+    arguments (``x:ndarray:uint8:3,4``)."""
+    pieces: list[str] = []
+    for piece in text.split(","):
+        if ":" not in piece and pieces:
+            pieces[-1] += f",{piece}"
+        else:
+            pieces.append(piece)
+    columns: dict[str, str] = {}
+    for piece in pieces:
+        name, _, spec = piece.partition(":")
+        if not name or not spec:
+            raise argparse.ArgumentTypeError(f"expected name:encoding, got {piece!r}")
+        try:
+            get_encoding(spec)
+        except EncodingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        columns[name.strip()] = spec.strip()
+    return columns
+
+
+def _compression(text: str) -> str | None:
+    if text.lower() in ("", "none"):
+        return None
+    if not is_compression(text):
+        raise argparse.ArgumentTypeError(f"unknown compression {text!r}")
+    return text
+
+
+def _hashes(text: str) -> list[str]:
+    names = sorted({name.strip() for name in text.split(",") if name.strip()})
+    for name in names:
+        if not is_hash(name):
+            raise argparse.ArgumentTypeError(f"unknown hash algorithm {name!r}")
+    return names
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _hash(text: str) -> str:
+    if not is_hash(text):
+        raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r}")
+    return text
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: str,
+    help_: str,
+    *,
+    json_: bool = False,
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(command=run)
+    if json_:
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``astream`` argument parser, every subcommand included."""
+    from astream.convert.build import OUTPUT_FORMATS
+    from astream.convert.layouts import LAYOUTS
+
+    parser = argparse.ArgumentParser(
+        prog="astream",
+        description="Build, inspect, check, copy and benchmark astream datasets.",
+    )
+    subparsers = parser.add_subparsers(dest="name", metavar="COMMAND", required=True)
+
+    convert = _command(subparsers, "convert", "convert", "build a dataset from files you have")
+    convert.add_argument("src", help="a local file or folder")
+    convert.add_argument("dst", help="a local folder or store URL (s3://, gs://, ...)")
+    convert.add_argument("--layout", choices=LAYOUTS, help="what SRC holds (default: detect)")
+    convert.add_argument("--format", choices=OUTPUT_FORMATS, default="mds", help="shard format")
+    convert.add_argument(
+        "--columns", type=_columns, help="name:encoding,... replacing inferred encodings"
+    )
+    convert.add_argument(
+        "--select", type=_names, help="name,...: keep only these fields of SRC's samples"
+    )
+    convert.add_argument(
+        "--compression", type=_compression, help="codec, e.g. zstd or zstd:7 (default none)"
+    )
+    convert.add_argument(
+        "--hashes", type=_hashes, default=[], help="hash algorithms to record, e.g. sha1,xxh64"
+    )
+    convert.add_argument(
+        "--size-limit", type=_size, default=1 << 26, help="bytes per shard (default 64mb)"
+    )
+    convert.add_argument("--workers", type=_positive, default=1, help="writer processes")
+    convert.add_argument("--overwrite", action="store_true", help="replace data at DST")
+    convert.add_argument(
+        "--class-names", action="store_true", help="imagefolder: store class_name too"
+    )
+    convert.add_argument("--text-field", default="text", help="text: the text field")
+    convert.add_argument("--seq-len", type=_positive, help="tokens: tokens per sequence")
+    convert.add_argument("--eos-id", type=int, help="tokens: token after each document")
+    convert.add_argument("--tokens-field", default="tokens", help="tokens: the token-id field")
+    convert.add_argument("--token-dtype", default="int32", help="tokens: e.g. uint16, int32")
+
+    info = _command(subparsers, "info", "info", "summarize a dataset", json_=True)
+    info.add_argument("url", help="the dataset's folder or URL")
+
+    ls = _command(subparsers, "ls", "ls", "list a dataset's files with sizes", json_=True)
+    ls.add_argument("url", help="the dataset's folder or URL, or any prefix")
+    ls.add_argument(
+        "--store", action="store_true", help="list every object under URL, not the index"
+    )
+
+    verify = _command(
+        subparsers, "verify", "verify", "check every file's size and hashes", json_=True
+    )
+    verify.add_argument("url", help="the dataset's folder or URL")
+    verify.add_argument("--hash", type=_hash, help="check only this hash algorithm")
+
+    cp = _command(subparsers, "cp", "cp", "copy a dataset between stores")
+    cp.add_argument("src", help="the dataset's folder or URL")
+    cp.add_argument("dst", help="the destination folder or URL")
+    cp.add_argument("--overwrite", action="store_true", help="replace a dataset at DST")
+    cp.add_argument("--concurrency", type=_positive, default=8, help="files in flight")
+
+    bench = _command(subparsers, "bench", "bench", "stream a dataset once and time it", json_=True)
+    bench.add_argument("url", help="the dataset's folder or URL")
+    bench.add_argument("--limit", type=_positive, help="stop after this many samples")
+    bench.add_argument("--shuffle", action="store_true", help="read in shuffled order")
+    bench.add_argument("--validate-hash", type=_hash, help="check shards with this hash")
+    return parser
+
+
+def _runner(name: str) -> _Command:
+    # Imported per command: `astream info` need not load the converters or the engine.
+    if name == "convert":
+        from astream.cli.transfer import run_convert
+
+        return run_convert
+    if name == "cp":
+        from astream.cli.transfer import run_cp
+
+        return run_cp
+    if name == "bench":
+        from astream.cli.bench import run_bench
+
+        return run_bench
+    from astream.cli import inspect
+
+    runners: dict[str, _Command] = {
+        "info": inspect.run_info,
+        "ls": inspect.run_ls,
+        "verify": inspect.run_verify,
+    }
+    return runners[name]
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"astream: error: {message}\n")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``astream`` command with ``argv`` (default ``sys.argv[1:]``); return its status.
+
+    :returns: 0 on success, 1 on an error or a failed check, 2 on a usage error, 130 when
+        interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return _runner(args.command)(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("astream: interrupted\n")
+        return 130
+    except BrokenPipeError:  # `astream ls ... | head`: the reader left, nothing to report
+        return 1
+    except (AstreamError, OSError) as exc:
+        return _fail(str(exc) or type(exc).__name__)
+    except ValueError as exc:  # bad option combinations found past parsing (e.g. --layout)
+        return _fail(str(exc))

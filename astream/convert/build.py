@@ -1,0 +1,228 @@
+"""Writing a :class:`~astream.convert.base.Source` as an astream dataset, locally or to a store.
+
+With ``workers > 1`` the source's units are cut into contiguous runs, one per process; each
+process writes its own dataset into ``out/part-NNNNN`` and :func:`~astream.format.merge_index`
+joins them, so the sample order is the source's whatever the worker count. A dataset bound for
+a remote store is written into a temporary folder and copied up, ``index.json`` last.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astream.convert.base import Source, coerce_text, infer_columns
+from astream.convert.copy import copy_dataset
+from astream.engine.loop import io_loop
+from astream.errors import FormatError
+from astream.format import (
+    INDEX_BASENAME,
+    CSVWriter,
+    DatasetIndex,
+    JSONLWriter,
+    MDSWriter,
+    ShardWriter,
+    TSVWriter,
+    load_index,
+    merge_index,
+)
+from astream.storage import open_store
+from astream.storage.registry import url_scheme
+
+__all__ = ["OUTPUT_FORMATS", "WriterOptions", "convert", "write_dataset"]
+
+#: Dataset formats :func:`write_dataset` writes.
+OUTPUT_FORMATS = ("mds", "jsonl", "csv", "tsv")
+
+_WRITERS: dict[str, type[ShardWriter]] = {
+    "mds": MDSWriter,
+    "jsonl": JSONLWriter,
+    "csv": CSVWriter,
+    "tsv": TSVWriter,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriterOptions:
+    """How the shards are written (as the writers' keyword arguments)."""
+
+    #: ``"mds"``, ``"jsonl"``, ``"csv"`` or ``"tsv"``.
+    format: str = "mds"
+    #: A codec spelling (``"zstd"``, ``"zstd:7"``) or ``None`` for none.
+    compression: str | None = None
+    #: Hash algorithms recorded for every file.
+    hashes: tuple[str, ...] = ()
+    #: Bytes per shard before a new one starts (an int or ``"64mb"``).
+    size_limit: int | str | None = 1 << 26
+
+    def __post_init__(self) -> None:
+        if self.format not in _WRITERS:
+            raise ValueError(f"unknown format {self.format!r}; use one of {OUTPUT_FORMATS}")
+
+    def writer(self, out: Path, columns: Mapping[str, str]) -> ShardWriter:
+        """A writer of this format into the empty folder ``out``."""
+        cls: Any = _WRITERS[self.format]
+        return cls(  # type: ignore[no-any-return]
+            out=out,
+            columns=dict(columns),
+            compression=self.compression,
+            hashes=sorted(set(self.hashes)),
+            size_limit=self.size_limit,
+        )
+
+
+def _write_units(
+    source: Source,
+    units: list[Any],
+    out: Path,
+    columns: Mapping[str, str],
+    options: WriterOptions,
+    on_samples: Callable[[int], None] | None = None,
+) -> int:
+    count = 0
+    with options.writer(out, columns) as writer:
+        for unit in units:
+            for sample in source.read(unit):
+                writer.write(coerce_text(sample, columns) if source.text_values else sample)
+                count += 1
+                if on_samples is not None:
+                    on_samples(1)
+    return count
+
+
+def _split(units: list[Any], parts: int) -> list[list[Any]]:
+    size, extra = divmod(len(units), parts)
+    runs: list[list[Any]] = []
+    start = 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        runs.append(units[start:end])
+        start = end
+    return runs
+
+
+def write_dataset(
+    source: Source,
+    out: str | Path,
+    *,
+    columns: Mapping[str, str] | None = None,
+    select: Sequence[str] | None = None,
+    options: WriterOptions | None = None,
+    workers: int = 1,
+    on_samples: Callable[[int], None] | None = None,
+) -> DatasetIndex:
+    """Write every sample of ``source`` as a dataset in the local folder ``out``.
+
+    :param out: a folder that does not exist or is empty.
+    :param columns: encodings that replace the inferred ones (see
+        :func:`~astream.convert.base.infer_columns`).
+    :param select: keep only these fields of the source's samples (default: all).
+    :param options: format, compression, hashes and shard size.
+    :param workers: processes writing at once (each writes ``out/part-NNNNN``).
+    :param on_samples: called with counts of samples written (for progress).
+    :raises FileExistsError: when ``out`` is not empty.
+    :raises FormatError: when the source holds no sample.
+    :raises EncodingError: naming the column when a value does not fit its encoding.
+    """
+    options = options or WriterOptions()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty (pass --overwrite to replace it)")
+    peek = source.peek()
+    if select is not None:
+        # The writers store only their columns: narrowing the inference narrows the dataset.
+        peek = [{name: sample[name] for name in select if name in sample} for sample in peek]
+    if not peek:
+        raise FormatError(f"{source!r} holds no samples")
+    inferred = infer_columns(
+        peek, options.format, text_values=source.text_values, overrides=columns
+    )
+    units = source.units()
+    parts = max(1, min(workers, len(units)))
+    if parts == 1:
+        _write_units(source, units, out, inferred, options, on_samples)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        # spawn: the parent may run the IO loop thread, which a forked child must not inherit.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(parts, mp_context=context) as pool:
+            futures = [
+                pool.submit(_write_units, source, run, out / f"part-{k:05}", inferred, options)
+                for k, run in enumerate(_split(units, parts))
+            ]
+            try:
+                for future in as_completed(futures):
+                    written = future.result()
+                    if on_samples is not None:
+                        on_samples(written)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+        merge_index(out)
+    path = out / INDEX_BASENAME
+    return load_index(path.read_bytes(), source=str(path))
+
+
+def _local_path(url: str) -> Path:
+    if url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    return Path(url).expanduser()
+
+
+async def _has_index(url: str) -> bool:
+    store = open_store(url)
+    try:
+        return await store.exists(INDEX_BASENAME)
+    finally:
+        await store.aclose()
+
+
+def convert(
+    source: Source,
+    dst: str,
+    *,
+    columns: Mapping[str, str] | None = None,
+    select: Sequence[str] | None = None,
+    options: WriterOptions | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    on_samples: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> DatasetIndex:
+    """Write ``source`` as a dataset at ``dst``: a local folder or any store URL.
+
+    A remote dataset is written into a temporary folder first, then copied up with
+    :func:`~astream.convert.copy.copy_dataset` (``index.json`` last).
+
+    :param overwrite: replace what is at ``dst`` (a local folder's contents; a remote index).
+    :param on_bytes: called with each uploaded file's size (remote ``dst`` only).
+    :raises FileExistsError: when ``dst`` holds data and ``overwrite`` is false.
+
+    The other parameters are :func:`write_dataset`'s.
+    """
+    kwargs: dict[str, Any] = {
+        "columns": columns,
+        "select": select,
+        "options": options,
+        "workers": workers,
+        "on_samples": on_samples,
+    }
+    if url_scheme(dst) == "file":
+        out = _local_path(dst)
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        return write_dataset(source, out, **kwargs)
+    if not overwrite and io_loop().run(_has_index(dst)):
+        raise FileExistsError(f"a dataset exists at {dst} (pass --overwrite to replace it)")
+    with tempfile.TemporaryDirectory(prefix="astream-convert-") as scratch:
+        local = Path(scratch) / "dataset"
+        index = write_dataset(source, local, **kwargs)
+        copy_dataset(str(local), dst, overwrite=True, on_bytes=on_bytes)
+    return index
