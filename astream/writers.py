@@ -77,7 +77,7 @@ class _Uploads:
     Bound: at most ``max_workers`` uploads are in flight (submitted and not yet settled).
     :meth:`submit` takes a slot first and *blocks the writer's thread* until one is free, so
     when uploads fall behind the writer waits instead of filling the disk with finished shards
-    (with ``keep_local=False`` at most ``max_workers + 1`` shard files exist locally at once).
+    (with ``keep_local=False`` at most ``max_workers + 1`` finished files exist locally at once).
     A settled upload frees its slot from its done callback, success or not, so a failure never
     leaves the writer waiting.
     """
