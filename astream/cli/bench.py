@@ -17,7 +17,9 @@ def run_bench(args: argparse.Namespace) -> int:
     """Read every sample (or ``--limit``) through :class:`~astream.StreamingDataset`."""
     from astream.dataset import StreamingDataset  # the engine loads only for this command
 
-    with tempfile.TemporaryDirectory(prefix="astream-bench-") as cache:
+    # ignore_cleanup_errors: a shard the engine prefetched past the last sample read may land
+    # while the folder is removed.
+    with tempfile.TemporaryDirectory(prefix="astream-bench-", ignore_cleanup_errors=True) as cache:
         start = time.perf_counter()
         dataset = StreamingDataset(
             remote=args.url,
@@ -28,9 +30,10 @@ def run_bench(args: argparse.Namespace) -> int:
         total = dataset.num_samples if args.limit is None else min(args.limit, dataset.num_samples)
         first: float | None = None
         samples = 0
+        samples_iter = iter(dataset)
         try:
             with progress(total, "bench", unit="sample") as bar:
-                for _sample in dataset:
+                for _sample in samples_iter:
                     if first is None:
                         first = time.perf_counter() - start
                     samples += 1
@@ -40,6 +43,9 @@ def run_bench(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             stats = dataset.statistics()
         finally:
+            close = getattr(samples_iter, "close", None)
+            if close is not None:
+                close()  # stops the prefetcher now, not when the generator is collected
             dataset.close()
     result: dict[str, Any] = {
         "url": args.url,

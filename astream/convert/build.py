@@ -3,11 +3,13 @@
 With ``workers > 1`` the source's units are cut into contiguous runs, one per process; each
 process writes its own dataset into ``out/part-NNNNN`` and :func:`~astream.format.merge_index`
 joins them, so the sample order is the source's whatever the worker count. A dataset bound for
-a remote store is written into a temporary folder and copied up, ``index.json`` last.
+a remote store is uploaded as it is written by :mod:`astream.writers` (one process), or
+written into a temporary folder and copied up (several), ``index.json`` last either way.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import tempfile
@@ -22,19 +24,10 @@ from astream.convert.base import Source, coerce_text, infer_columns
 from astream.convert.copy import copy_dataset
 from astream.engine.loop import io_loop
 from astream.errors import FormatError
-from astream.format import (
-    INDEX_BASENAME,
-    CSVWriter,
-    DatasetIndex,
-    JSONLWriter,
-    MDSWriter,
-    ShardWriter,
-    TSVWriter,
-    load_index,
-    merge_index,
-)
+from astream.format import INDEX_BASENAME, DatasetIndex, ShardWriter, load_index, merge_index
 from astream.storage import open_store
 from astream.storage.registry import url_scheme
+from astream.writers import CSVWriter, JSONLWriter, MDSWriter, TSVWriter
 
 __all__ = ["OUTPUT_FORMATS", "WriterOptions", "convert", "write_dataset"]
 
@@ -66,8 +59,8 @@ class WriterOptions:
         if self.format not in _WRITERS:
             raise ValueError(f"unknown format {self.format!r}; use one of {OUTPUT_FORMATS}")
 
-    def writer(self, out: Path, columns: Mapping[str, str]) -> ShardWriter:
-        """A writer of this format into the empty folder ``out``."""
+    def writer(self, out: Path | str, columns: Mapping[str, str]) -> ShardWriter:
+        """A writer of this format into the empty folder (or store URL) ``out``."""
         cls: Any = _WRITERS[self.format]
         return cls(  # type: ignore[no-any-return]
             out=out,
@@ -81,20 +74,19 @@ class WriterOptions:
 def _write_units(
     source: Source,
     units: list[Any],
-    out: Path,
+    out: Path | str,
     columns: Mapping[str, str],
     options: WriterOptions,
     on_samples: Callable[[int], None] | None = None,
-) -> int:
-    count = 0
+) -> DatasetIndex:
     with options.writer(out, columns) as writer:
         for unit in units:
             for sample in source.read(unit):
                 writer.write(coerce_text(sample, columns) if source.text_values else sample)
-                count += 1
                 if on_samples is not None:
                     on_samples(1)
-    return count
+    data = json.dumps({"shards": writer.shards, "version": 2})
+    return load_index(data, source=str(out))
 
 
 def _split(units: list[Any], parts: int) -> list[list[Any]]:
@@ -110,7 +102,7 @@ def _split(units: list[Any], parts: int) -> list[list[Any]]:
 
 def write_dataset(
     source: Source,
-    out: str | Path,
+    out: Path | str,
     *,
     columns: Mapping[str, str] | None = None,
     select: Sequence[str] | None = None,
@@ -120,7 +112,8 @@ def write_dataset(
 ) -> DatasetIndex:
     """Write every sample of ``source`` as a dataset in the local folder ``out``.
 
-    :param out: a folder that does not exist or is empty.
+    :param out: a folder that does not exist or is empty; with ``workers=1`` also a store URL
+        (uploaded while written, as :mod:`astream.writers` does).
     :param columns: encodings that replace the inferred ones (see
         :func:`~astream.convert.base.infer_columns`).
     :param select: keep only these fields of the source's samples (default: all).
@@ -132,8 +125,10 @@ def write_dataset(
     :raises EncodingError: naming the column when a value does not fit its encoding.
     """
     options = options or WriterOptions()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    remote = isinstance(out, str) and url_scheme(out) != "file"
+    if not remote:
+        out = _local_path(str(out))
+    if isinstance(out, Path) and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty (pass --overwrite to replace it)")
     peek = source.peek()
     if select is not None:
@@ -147,25 +142,26 @@ def write_dataset(
     units = source.units()
     parts = max(1, min(workers, len(units)))
     if parts == 1:
-        _write_units(source, units, out, inferred, options, on_samples)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        # spawn: the parent may run the IO loop thread, which a forked child must not inherit.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(parts, mp_context=context) as pool:
-            futures = [
-                pool.submit(_write_units, source, run, out / f"part-{k:05}", inferred, options)
-                for k, run in enumerate(_split(units, parts))
-            ]
-            try:
-                for future in as_completed(futures):
-                    written = future.result()
-                    if on_samples is not None:
-                        on_samples(written)
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
-        merge_index(out)
+        return _write_units(source, units, out, inferred, options, on_samples)
+    if not isinstance(out, Path):
+        raise ValueError(f"write_dataset with workers writes a local folder, not {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    # spawn: the parent may run the IO loop thread, which a forked child must not inherit.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(parts, mp_context=context) as pool:
+        futures = [
+            pool.submit(_write_units, source, run, out / f"part-{k:05}", inferred, options)
+            for k, run in enumerate(_split(units, parts))
+        ]
+        try:
+            for future in as_completed(futures):
+                written = future.result()
+                if on_samples is not None:
+                    on_samples(written.samples)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    merge_index(out)
     path = out / INDEX_BASENAME
     return load_index(path.read_bytes(), source=str(path))
 
@@ -198,11 +194,12 @@ def convert(
 ) -> DatasetIndex:
     """Write ``source`` as a dataset at ``dst``: a local folder or any store URL.
 
-    A remote dataset is written into a temporary folder first, then copied up with
-    :func:`~astream.convert.copy.copy_dataset` (``index.json`` last).
+    A remote dataset is uploaded while it is written (one worker), or written into a
+    temporary folder and copied up with :func:`~astream.convert.copy.copy_dataset`
+    (several); ``index.json`` goes last either way.
 
     :param overwrite: replace what is at ``dst`` (a local folder's contents; a remote index).
-    :param on_bytes: called with each uploaded file's size (remote ``dst`` only).
+    :param on_bytes: called with each uploaded file's size (remote ``dst`` with workers).
     :raises FileExistsError: when ``dst`` holds data and ``overwrite`` is false.
 
     The other parameters are :func:`write_dataset`'s.
@@ -221,6 +218,8 @@ def convert(
         return write_dataset(source, out, **kwargs)
     if not overwrite and io_loop().run(_has_index(dst)):
         raise FileExistsError(f"a dataset exists at {dst} (pass --overwrite to replace it)")
+    if workers <= 1:
+        return write_dataset(source, dst, **kwargs)
     with tempfile.TemporaryDirectory(prefix="astream-convert-") as scratch:
         local = Path(scratch) / "dataset"
         index = write_dataset(source, local, **kwargs)
