@@ -30,7 +30,31 @@ from astream.errors import (
 __version__ = "0.1.0.dev0"
 
 # Public names served lazily: name -> module that defines it.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "StreamingDataset": "astream.dataset",
+    "Stream": "astream.stream",
+    "StreamingDataLoader": "astream.loader",
+    "Prefetcher": "astream.prefetcher",
+    "EngineStatistics": "astream.engine.fetch",
+    "MDSWriter": "astream.writers",
+    "JSONLWriter": "astream.writers",
+    "JSONWriter": "astream.writers",
+    "CSVWriter": "astream.writers",
+    "TSVWriter": "astream.writers",
+    "XSVWriter": "astream.writers",
+    "merge_index": "astream.format",
+    "load_index": "astream.format",
+    "open_shard": "astream.format",
+    "DatasetIndex": "astream.format",
+    "ShardInfo": "astream.format",
+    "Encoding": "astream.format",
+    "register_encoding": "astream.format",
+    "open_store": "astream.storage",
+    "Store": "astream.storage",
+    "register_store": "astream.storage",
+    "RetryConfig": "astream.storage",
+    "TransferConfig": "astream.storage",
+}
 
 __all__ = (
     "AstreamError",

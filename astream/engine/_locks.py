@@ -17,8 +17,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import overload
 
 import anyio
 
@@ -77,8 +79,20 @@ class FileLock:
             raise
         return cls(path, fd, shared=shared)
 
+    @overload
     @classmethod
-    async def acquire_async(cls, path: Path, *, shared: bool = False) -> FileLock:
+    async def acquire_async(cls, path: Path, *, shared: bool = False) -> FileLock: ...
+
+    @overload
+    @classmethod
+    async def acquire_async(
+        cls, path: Path, *, shared: bool = False, until: Callable[[], bool]
+    ) -> FileLock | None: ...
+
+    @classmethod
+    async def acquire_async(
+        cls, path: Path, *, shared: bool = False, until: Callable[[], bool] | None = None
+    ) -> FileLock | None:
         """Take the lock without blocking the event loop: non-blocking tries with backoff.
 
         Chosen over a blocking ``flock`` in a worker thread because a thread blocked in ``flock``
@@ -88,12 +102,19 @@ class FileLock:
         decompression needs a slot too), and a thread stuck on a lock held by a hung process
         would stall interpreter exit. Polling is cancellable at every await and holds nothing
         while it waits; the cost is up to ``_POLL_MAX`` of latency after the holder releases.
+
+        ``until``: give up and return ``None`` as soon as it returns true. A process waiting to
+        download a shard passes "the shard is ready": the holder it waits for may finish the
+        download and then keep a shared pin on it indefinitely (a parked DataLoader worker),
+        so the exclusive lock might never come, while the shard it wants is already there.
         """
         delay = _POLL_FIRST
         while True:
             lock = cls.try_acquire(path, shared=shared)
             if lock is not None:
                 return lock
+            if until is not None and until():
+                return None
             await anyio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
 

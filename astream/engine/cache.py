@@ -260,7 +260,13 @@ class ShardCache:
             self.touch(shard)
             return path
         self._ensure_dirs()
-        lock = await FileLock.acquire_async(self._lock_path(shard))
+        lock = await FileLock.acquire_async(
+            self._lock_path(shard), until=lambda: self.is_ready(shard)
+        )
+        if lock is None:  # another process completed it while we waited
+            self._count(hits=1)
+            self.touch(shard)
+            return path
         try:
             # Whoever held the lock before us may have completed the shard.
             if self.is_ready(shard):

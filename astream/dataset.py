@@ -1,0 +1,504 @@
+"""``StreamingDataset``: a drop-in for mosaicml-streaming's, on astream's engine.
+
+Construction loads each stream's ``index.json`` (once per node, through the cache directory) and
+resolves the sample order's weights; it starts no thread and holds no session, lock or loop, so
+the dataset pickles into DataLoader workers. Each process builds its engine runtime (caches,
+counters, a fetcher on the process's IO loop) on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from astream.engine.cache import ShardCache, fetch_index
+from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches
+from astream.engine.loop import io_loop
+from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_sync
+from astream.engine.table import ShardTable, StreamSource
+from astream.errors import AstreamError, IndexFormatError, PlanError
+from astream.format import DatasetIndex, load_index, open_shard
+from astream.plan import EpochPlan, OrderConfig, PlanState, StreamWeighting, World, detect_world
+from astream.storage import open_store
+from astream.stream import DEFAULT_DOWNLOAD_RETRY, DEFAULT_DOWNLOAD_TIMEOUT, Stream
+from astream.units import parse_bytes
+
+try:  # torch is an extra: without it the dataset is a plain iterable
+    from torch.utils.data import IterableDataset as _Base
+except ImportError:  # pragma: no cover - exercised only without the torch extra
+    _Base = object  # type: ignore[assignment,misc]
+
+__all__ = ["StreamingDataset"]
+
+T = TypeVar("T")
+Sample = dict[str, Any]
+
+
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, even when this thread runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="astream-index")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+async def _load_indexes(sources: Sequence[StreamSource]) -> list[DatasetIndex]:
+    async def one(source: StreamSource) -> DatasetIndex:
+        local_index = source.local / "index.json"
+        if source.remote is None:
+            if not local_index.is_file():
+                raise FileNotFoundError(f"no index.json in the local dataset {source.local}")
+            return load_index(local_index.read_bytes(), source=str(local_index))
+        store = open_store(source.remote, retry=source.retry, transfer=source.transfer)
+        try:
+            data = await fetch_index(store, source.local)
+        finally:
+            await store.aclose()
+        return load_index(data, source=store.join("index.json"))
+
+    return list(await asyncio.gather(*(one(s) for s in sources)))
+
+
+class _Runtime:
+    """One process's engine state for a dataset: never pickled, rebuilt after a fork."""
+
+    def __init__(self, dataset: StreamingDataset) -> None:
+        self.pid = os.getpid()
+        self.counters = Counters()
+        self.caches: list[ShardCache] = make_caches(dataset.table, dataset.cache_limit)
+        self.loop = io_loop()
+        self.fetcher = Fetcher(
+            dataset.table,
+            self.caches,
+            self.counters,
+            max_downloads=dataset.window.max_downloads,
+            allow_unsafe_types=dataset.allow_unsafe_types,
+        )
+        self.loop.add_closer(self.fetcher.aclose)
+        self.pool = ReaderPool(
+            dataset.table, self.caches, dataset.window.open_shards, dataset.allow_unsafe_types
+        )
+        self.pool_lock = threading.Lock()
+
+
+class StreamingDataset(_Base):  # type: ignore[type-arg]
+    """Stream samples from one or more datasets, in a deterministic, elastic, resumable order.
+
+    Takes mosaicml-streaming's keyword arguments, so switching is an import change. Iterate it
+    (sync, in or out of DataLoader workers), ``async for`` it on your own loop, or index it
+    (``dataset[i]``, slices, lists and arrays of ids) to fetch only the bytes those samples need.
+
+    :param streams: the streams to mix; or give ``remote``/``local``/``split`` for one stream.
+    :param remote: where the dataset lives (path or URL), for a single stream.
+    :param local: the node-local cache directory (``None``: one under the system temp dir keyed
+        by ``remote``).
+    :param split: a sub-directory of ``remote`` and ``local``.
+    :param download_retry: retries of a failed request (default 2).
+    :param download_timeout: seconds without progress before a request is abandoned (default 60).
+    :param validate_hash: hash algorithm to check downloaded files against the index.
+    :param keep_zip: keep compressed shard files after decompressing them.
+    :param epoch_size: samples per epoch (int or ``"100k"``), with proportion or no weights.
+    :param predownload: samples ahead of the consumer whose shards are fetched.
+    :param cache_limit: bytes (int or ``"100gb"``) the node-local cache may hold; least recently
+        used shards are evicted, never one a process is reading.
+    :param sampling_method: ``"balanced"`` or ``"fixed"``.
+    :param sampling_granularity: samples of a shard chosen together when sub-sampling.
+    :param partition_algo: ``"relaxed"`` (default) or ``"orig"``.
+    :param num_canonical_nodes: canonical nodes of the order (default from the first world).
+    :param batch_size: per-device batch size; keep the global batch size fixed across resumes.
+    :param shuffle: shuffle the samples.
+    :param shuffle_algo: ``"py1e"`` (default), ``"py1br"``, ``"py1s"``, ``"py2s"``, ``"naive"``.
+    :param shuffle_seed: the run's seed (default 9176).
+    :param shuffle_block_size: the shuffle unit of ``py1br``/``py1e``.
+    :param batching_method: ``"random"``, ``"stratified"``, ``"per_stream"``,
+        ``"device_per_stream"``.
+    :param allow_unsafe_types: allow ``pkl`` columns (they run code when decoded).
+    :param prefetch_shards: shards fetched ahead of the consumer (astream's own knob).
+    :param prefetch_bytes: bytes fetched ahead of the consumer (int or ``"1gb"``).
+    :param max_downloads: shards one process downloads at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        streams: Sequence[Stream] | None = None,
+        remote: str | os.PathLike[str] | None = None,
+        local: str | os.PathLike[str] | None = None,
+        split: str | None = None,
+        download_retry: int = DEFAULT_DOWNLOAD_RETRY,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        validate_hash: str | None = None,
+        keep_zip: bool = False,
+        epoch_size: int | str | None = None,
+        predownload: int | None = None,
+        cache_limit: int | str | None = None,
+        sampling_method: str = "balanced",
+        sampling_granularity: int = 1,
+        partition_algo: str = "relaxed",
+        num_canonical_nodes: int | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        shuffle_algo: str = "py1e",
+        shuffle_seed: int = 9176,
+        shuffle_block_size: int | None = None,
+        batching_method: str = "random",
+        allow_unsafe_types: bool = False,
+        prefetch_shards: int = 4,
+        prefetch_bytes: int | str = "1gb",
+        max_downloads: int = 4,
+    ) -> None:
+        if streams:
+            if remote is not None or local is not None:
+                raise AstreamError("give either streams or remote/local, not both")
+            stream_list = list(streams)
+        else:
+            if remote is None and local is None:
+                raise AstreamError("StreamingDataset needs remote, local or streams")
+            stream_list = [Stream(remote=remote, local=local, split=split)]
+        if any(not isinstance(s, Stream) for s in stream_list):
+            raise AstreamError("streams must be astream.Stream objects")
+        defaults = {
+            "download_retry": download_retry,
+            "download_timeout": download_timeout,
+            "validate_hash": validate_hash,
+            "keep_zip": keep_zip,
+        }
+        self.streams = tuple(stream_list)
+        sources = [s.resolve(**defaults) for s in stream_list]
+        self.cache_limit = None if cache_limit is None else parse_bytes(cache_limit)
+        self.allow_unsafe_types = allow_unsafe_types
+        self.batch_size = batch_size
+        if predownload is not None and predownload < 0:
+            raise AstreamError(f"predownload must be >= 0, got {predownload}")
+        self.window = WindowConfig(
+            shards=prefetch_shards,
+            bytes=parse_bytes(prefetch_bytes),
+            samples=predownload if predownload is not None else 8 * (batch_size or 1),
+            max_downloads=max_downloads,
+        )
+        self.table = ShardTable(sources, _run_blocking(_load_indexes(sources)))
+        weights = []
+        for index, stream in enumerate(stream_list):
+            sizes = tuple(n for n in self.table.stream_shard_sizes(index) if n > 0)
+            if not sizes:
+                where = sources[index].remote or sources[index].local
+                raise IndexFormatError(f"stream {index} ({where}) has no samples")
+            weights.append(
+                StreamWeighting(
+                    shard_sizes=sizes,
+                    proportion=stream.proportion,
+                    repeat=stream.repeat,
+                    choose=stream.choose,
+                )
+            )
+        self._config = OrderConfig(
+            streams=tuple(weights),
+            epoch_size=epoch_size,
+            sampling_method=sampling_method,  # type: ignore[arg-type]
+            sampling_granularity=sampling_granularity,
+            partition_algo=partition_algo,  # type: ignore[arg-type]
+            num_canonical_nodes=num_canonical_nodes,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            shuffle_algo=shuffle_algo,  # type: ignore[arg-type]
+            shuffle_seed=shuffle_seed,
+            shuffle_block_size=shuffle_block_size,
+            batching_method=batching_method,  # type: ignore[arg-type]
+        )
+        self.plan = EpochPlan(self._config)
+        self._next_epoch = 0
+        self._resume: PlanState | None = None
+        # (epoch, first sample) an epoch was started at, by __iter__ or by a StreamingDataLoader
+        # in the main process (``_claimed``, handed to its workers by pickling).
+        self._epoch_start: tuple[int, int] | None = None
+        self._claimed: tuple[int, int] | None = None
+        self._runtime: _Runtime | None = None
+
+    # -- pickling: the runtime stays in its process ------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_runtime"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _rt(self) -> _Runtime:
+        runtime = self._runtime
+        if runtime is None or runtime.pid != os.getpid() or runtime.loop.closed:
+            runtime = self._runtime = _Runtime(self)
+        return runtime
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Samples in the dataset (every stream, each once): the range of ``dataset[i]``."""
+        return self.table.num_samples
+
+    @property
+    def num_samples(self) -> int:
+        """Alias of :attr:`size`."""
+        return self.table.num_samples
+
+    @property
+    def epoch_size(self) -> int:
+        """Samples per epoch after stream weighting, over all ranks."""
+        return self.plan.epoch_size
+
+    @property
+    def num_shards(self) -> int:
+        """Shards over every stream."""
+        return len(self.table.shards)
+
+    def __len__(self) -> int:
+        """Samples one rank sees per epoch: ``ceil(epoch_size / world_size)``."""
+        return math.ceil(self.epoch_size / detect_world().world_size)
+
+    # -- epochs and state -------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run ``epoch`` (from its start, unless resuming into it)."""
+        if epoch < 0:
+            raise PlanError(f"epoch must be >= 0, got {epoch}")
+        self._next_epoch = epoch
+        self._claimed = None
+
+    def _claim_epoch(self) -> tuple[int, int]:
+        epoch, start = self._next_epoch, 0
+        if self._resume is not None and self._resume.epoch >= epoch:
+            epoch, start = self._resume.epoch, self._resume.sample_in_epoch
+            self._resume = None
+        self._next_epoch = epoch + 1
+        self._epoch_start = (epoch, start)
+        return epoch, start
+
+    def _begin_epoch(self) -> tuple[int, int]:
+        """The epoch an iteration runs: handed down by the loader, else the next one."""
+        if self._claimed is not None:
+            claimed, self._claimed = self._claimed, None
+            self._next_epoch = claimed[0] + 1
+            self._epoch_start = claimed
+            return claimed
+        return self._claim_epoch()
+
+    def state_dict(self, num_samples: int = 0, from_beginning: bool = True) -> dict[str, Any]:
+        """The run's position: resume from it with :meth:`load_state_dict`.
+
+        :param num_samples: samples of the current epoch consumed over all ranks, counted from
+            the epoch's start (``from_beginning=True``) or from where this run resumed it
+            (``from_beginning=False``, as :class:`~astream.StreamingDataLoader` counts).
+        :param from_beginning: how ``num_samples`` is counted.
+        """
+        world = detect_world()
+        if self._epoch_start is not None:
+            epoch, offset = self._epoch_start
+        elif self._resume is not None:
+            epoch, offset = self._resume.epoch, self._resume.sample_in_epoch
+        else:
+            epoch, offset = self._next_epoch, 0
+        sample_in_epoch = num_samples if from_beginning else offset + num_samples
+        return self.plan.state_dict(epoch, sample_in_epoch, world)
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Resume from a state dict of :meth:`state_dict` (or of mosaicml-streaming).
+
+        The next iteration starts at the saved epoch's ``sample_in_epoch``, with the saved run's
+        canonical node count, seed and first world, so the remaining samples are exactly those
+        the interrupted run would have seen, whatever the world is now.
+        """
+        state = EpochPlan.parse_state(obj)
+        self._resume = state
+        self.plan = EpochPlan(self._config).resumed(state)
+        self._next_epoch = state.epoch
+        self._epoch_start = None
+        self._claimed = None
+
+    # -- iteration --------------------------------------------------------------------------
+
+    def worker_sample_ids(self, world: World, epoch: int, sample_in_epoch: int) -> NDArray[Any]:
+        """The ids a worker of ``world`` yields in ``epoch`` from ``sample_in_epoch`` (-1: pad)."""
+        if sample_in_epoch >= self.epoch_size:
+            return np.zeros(0, dtype=np.int64)
+        return self.plan.worker_ids(world, epoch, sample_in_epoch)
+
+    def __iter__(self) -> Iterator[Sample]:
+        """This worker's samples of the next epoch (or of the resumed one), in order."""
+        world = detect_world()
+        epoch, start = self._begin_epoch()
+        ids = self.worker_sample_ids(world, epoch, start)
+        return self.iter_ids(ids)
+
+    def iter_ids(self, ids: Sequence[int] | NDArray[Any]) -> Iterator[Sample]:
+        """Samples ``ids`` in the given order, fetched ahead on the IO loop thread."""
+        runtime = self._rt()
+        return iter_sync(
+            ids,
+            table=self.table,
+            fetcher=runtime.fetcher,
+            loop=runtime.loop,
+            caches=runtime.caches,
+            counters=runtime.counters,
+            window=self.window,
+            allow_unsafe_types=self.allow_unsafe_types,
+        )
+
+    def __aiter__(self) -> AsyncIterator[Sample]:
+        """``async for``: this process's samples of the next epoch, on the caller's loop."""
+        world = detect_world()
+        epoch, start = self._begin_epoch()
+        return self.aiter_ids(self.worker_sample_ids(world, epoch, start))
+
+    async def aiter_ids(self, ids: Sequence[int] | NDArray[Any]) -> AsyncIterator[Sample]:
+        """Samples ``ids`` in the given order, fetched on the running loop with no thread."""
+        caches = make_caches(self.table, self.cache_limit)
+        counters = self._rt_counters()
+        fetcher = Fetcher(
+            self.table,
+            caches,
+            counters,
+            max_downloads=self.window.max_downloads,
+            allow_unsafe_types=self.allow_unsafe_types,
+        )
+        try:
+            async for sample in iter_async(
+                ids,
+                table=self.table,
+                fetcher=fetcher,
+                caches=caches,
+                counters=counters,
+                window=self.window,
+                allow_unsafe_types=self.allow_unsafe_types,
+            ):
+                yield sample
+        finally:
+            await fetcher.aclose()
+
+    def _rt_counters(self) -> Counters:
+        # Async iteration shares the process's counters without starting the IO loop thread.
+        runtime = self._runtime
+        if runtime is not None and runtime.pid == os.getpid():
+            return runtime.counters
+        counters = getattr(self, "_async_counters", None)
+        if counters is None:
+            counters = Counters()
+            self._async_counters = counters
+        return counters
+
+    def statistics(self) -> EngineStatistics:
+        """A frozen snapshot of this process's engine counters for this dataset."""
+        if self._runtime is not None and self._runtime.pid == os.getpid():
+            return self._runtime.counters.snapshot()
+        return self._rt_counters().snapshot()
+
+    # -- random access ----------------------------------------------------------------------
+
+    def _normalise(self, key: Any) -> list[int]:
+        size = self.size
+        if isinstance(key, slice):
+            return list(range(*key.indices(size)))
+        if isinstance(key, int | np.integer):
+            keys = [int(key)]
+        else:
+            array = np.asarray(key)
+            if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+                raise TypeError(f"dataset indices must be integers, got {array.dtype}")
+            keys = [int(k) for k in array.reshape(-1)]
+        out = []
+        for k in keys:
+            if not -size <= k < size:
+                raise IndexError(f"sample index {k} out of range for {size} samples")
+            out.append(k + size if k < 0 else k)
+        return out
+
+    def __getitem__(self, key: Any) -> Any:
+        """One sample (int, negative counts from the end) or a list (slice, list, ndarray).
+
+        A sample whose shard is on local disk is read from it; otherwise an uncompressed shard
+        is range-read (its offsets once, then only the sample's bytes) and a compressed one is
+        fetched whole into the cache.
+        """
+        ids = self._normalise(key)
+        samples = self.get_items(ids)
+        if isinstance(key, int | np.integer):
+            return samples[0]
+        return samples
+
+    def get_item(self, sample_id: int) -> Sample:
+        """One sample by global id (mosaicml-streaming's name for ``dataset[i]``)."""
+        result: Sample = self[sample_id]
+        return result
+
+    def get_items(self, ids: Sequence[int]) -> list[Sample]:
+        """Samples by global id, fetched concurrently where not local."""
+        runtime = self._rt()
+        out: list[Sample | None] = [None] * len(ids)
+        remote: list[tuple[int, int, int]] = []
+        with runtime.pool_lock:
+            for slot, sample_id in enumerate(ids):
+                shard, index = self.table.locate_one(sample_id)
+                reader = runtime.pool.get(shard) or runtime.pool.try_open(shard)
+                if reader is not None:
+                    out[slot] = reader[index]
+                else:
+                    remote.append((slot, shard, index))
+        if remote:
+            fetched = runtime.loop.run(self._fetch_items(runtime.fetcher, remote))
+            for (slot, _, _), sample in zip(remote, fetched, strict=True):
+                out[slot] = sample
+        runtime.counters.add("samples", len(ids))
+        return [s for s in out if s is not None]
+
+    async def _fetch_items(
+        self, fetcher: Fetcher, wanted: list[tuple[int, int, int]]
+    ) -> list[Sample]:
+        async def one(shard: int, index: int) -> Sample:
+            sample = await fetcher.read_sample(shard, index)
+            if sample is not None:
+                return sample
+            await fetcher.fetch_shard(shard)
+            info = self.table.shards[shard]
+            root = fetcher.cache_of(shard).root
+            with (
+                fetcher.cache_of(shard).pin(info),
+                open_shard(info, root, allow_unsafe_types=self.allow_unsafe_types) as reader,
+            ):
+                return reader[index]
+
+        return list(await asyncio.gather(*(one(shard, index) for _, shard, index in wanted)))
+
+    def close(self) -> None:
+        """Close this process's open shard readers (the IO loop closes at exit by itself)."""
+        runtime = self._runtime
+        if runtime is not None and runtime.pid == os.getpid():
+            with runtime.pool_lock:
+                runtime.pool.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamingDataset(streams={len(self.streams)}, samples={self.size}, "
+            f"shards={self.num_shards})"
+        )

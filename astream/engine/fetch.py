@@ -1,0 +1,220 @@
+"""Shard and sample fetching for one dataset on one event loop.
+
+A :class:`Fetcher` lives on exactly one loop (the process's IO loop thread for sync users, the
+caller's own loop for ``async for``): it creates its stores there, lazily, and closes them with
+:meth:`Fetcher.aclose`. The node-local caches it writes to are plain files guarded by ``fcntl``
+locks, so every process and loop of a node shares them safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from numpy.typing import NDArray
+
+from astream.engine.cache import ShardCache
+from astream.engine.table import ShardTable
+from astream.format import decode_sample, offsets_range, parse_offsets, payload_basename
+from astream.storage import Store, open_store
+
+__all__ = ["Counters", "EngineStatistics", "Fetcher", "make_caches"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineStatistics:
+    """A snapshot of one process's engine counters for a dataset (see ``statistics()``).
+
+    :param bytes_in_flight: bytes of shards scheduled but not yet on local disk.
+    :param window_depth: shards fetched or being fetched ahead of the consumer.
+    :param cache_hits: shards found on local disk when first needed.
+    :param cache_misses: shards this process had to fetch (or wait for another process to).
+    :param retries: request retries made by this process's stores.
+    :param bytes_downloaded: bytes this process downloaded.
+    :param consumer_wait_s: seconds the consumer waited for data.
+    :param samples: samples handed to the consumer.
+    :param range_reads: random-access reads served by range requests without the whole shard.
+    """
+
+    bytes_in_flight: int = 0
+    window_depth: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    retries: int = 0
+    bytes_downloaded: int = 0
+    consumer_wait_s: float = 0.0
+    samples: int = 0
+    range_reads: int = 0
+
+
+class Counters:
+    """Mutable engine counters shared by the consumer and the loop thread (under a lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+        self.store_retries: Callable[[], int] = lambda: 0
+
+    def add(self, name: str, amount: float = 1) -> None:
+        """Add ``amount`` to counter ``name``."""
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + amount
+
+    def set(self, name: str, value: float) -> None:
+        """Set gauge ``name``."""
+        with self._lock:
+            self._values[name] = value
+
+    def snapshot(self) -> EngineStatistics:
+        """A frozen copy of every counter."""
+        with self._lock:
+            values = dict(self._values)
+        return EngineStatistics(
+            bytes_in_flight=int(values.get("bytes_in_flight", 0)),
+            window_depth=int(values.get("window_depth", 0)),
+            cache_hits=int(values.get("cache_hits", 0)),
+            cache_misses=int(values.get("cache_misses", 0)),
+            retries=int(values.get("retries", 0)) + self.store_retries(),
+            bytes_downloaded=int(values.get("bytes_downloaded", 0)),
+            consumer_wait_s=float(values.get("consumer_wait_s", 0.0)),
+            samples=int(values.get("samples", 0)),
+            range_reads=int(values.get("range_reads", 0)),
+        )
+
+
+def make_caches(table: ShardTable, cache_limit: int | None) -> list[ShardCache]:
+    """One cache per stream; a dataset-wide ``cache_limit`` is split by each stream's size."""
+    totals = [0] * len(table.sources)
+    for k, shard in enumerate(table.shards):
+        totals[int(table.shard_stream[k])] += shard.raw.bytes + (
+            shard.zip.bytes if shard.zip else 0
+        )
+    whole = sum(totals) or 1
+    caches = []
+    for stream, source in enumerate(table.sources):
+        limit = None
+        if cache_limit is not None and source.remote is not None:
+            limit = max(1, cache_limit * totals[stream] // whole)
+        caches.append(ShardCache(source.local, limit=limit, evictable=source.remote is not None))
+    return caches
+
+
+class Fetcher:
+    """Brings shards (and single samples) of a :class:`ShardTable` to the consumer.
+
+    :param table: the shards.
+    :param caches: one node-local cache per stream (see :func:`make_caches`).
+    :param counters: where to count hits, misses and bytes.
+    :param max_downloads: shards this fetcher downloads at once (a per-process connection cap on
+        top of each store's per-object concurrency).
+    :param allow_unsafe_types: let random-access reads decode ``pkl`` columns.
+    """
+
+    def __init__(
+        self,
+        table: ShardTable,
+        caches: list[ShardCache],
+        counters: Counters,
+        *,
+        max_downloads: int = 4,
+        allow_unsafe_types: bool = False,
+    ) -> None:
+        self.table = table
+        self.caches = caches
+        self.counters = counters
+        self.allow_unsafe_types = allow_unsafe_types
+        self._max_downloads = max_downloads
+        self._stores: dict[int, Store] = {}
+        self._semaphore: asyncio.Semaphore | None = None
+        self._offsets: dict[int, NDArray[Any]] = {}
+        counters.store_retries = self._retries
+
+    def _retries(self) -> int:
+        return sum(store.retries for store in list(self._stores.values()))
+
+    def store(self, stream: int) -> Store:
+        """The store of ``stream``, created on first use (on the running loop)."""
+        store = self._stores.get(stream)
+        if store is None:
+            source = self.table.sources[stream]
+            store = open_store(source.store_url, retry=source.retry, transfer=source.transfer)
+            self._stores[stream] = store
+        return store
+
+    def cache_of(self, shard: int) -> ShardCache:
+        """The cache that holds global shard ``shard``."""
+        return self.caches[int(self.table.shard_stream[shard])]
+
+    async def fetch_shard(
+        self,
+        shard: int,
+        *,
+        on_raw_started: Callable[[Path], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Make shard ``shard`` local (downloaded at most once per node) and return its path."""
+        info = self.table.shards[shard]
+        cache = self.cache_of(shard)
+        if cache.is_ready(info):
+            self.counters.add("cache_hits")
+            cache.touch(info)
+            return cache.raw_path(info)
+        self.counters.add("cache_misses")
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._max_downloads)
+        stream = int(self.table.shard_stream[shard])
+        source = self.table.sources[stream]
+        size = int(self.table.fetch_bytes[shard])
+        self.counters.add("bytes_in_flight", size)
+        try:
+            async with self._semaphore:
+                path = await cache.fetch(
+                    self.store(stream),
+                    info,
+                    validate_hash=source.validate_hash,
+                    keep_zip=source.keep_zip or source.remote is None,
+                    on_raw_started=on_raw_started,
+                    on_progress=on_progress,
+                )
+        finally:
+            self.counters.add("bytes_in_flight", -size)
+        self.counters.add("bytes_downloaded", size)
+        return path
+
+    async def _offsets_of(self, shard: int) -> NDArray[Any]:
+        offsets = self._offsets.get(shard)
+        if offsets is None:
+            info = self.table.shards[shard]
+            basename, start, end = offsets_range(info)
+            store = self.store(int(self.table.shard_stream[shard]))
+            offsets = parse_offsets(info, await store.read_range(basename, start, end))
+            self._offsets[shard] = offsets
+        return offsets
+
+    async def read_sample(self, shard: int, index: int) -> dict[str, Any] | None:
+        """One sample by range requests, without the whole shard; ``None`` when impossible.
+
+        Only uncompressed shards can be range-read (a compressed file has no sample offsets):
+        the caller fetches the whole shard then. The shard's offsets are read once and kept.
+        """
+        info = self.table.shards[shard]
+        if info.zip is not None:
+            return None
+        offsets = await self._offsets_of(shard)
+        start, end = int(offsets[index]), int(offsets[index + 1])
+        store = self.store(int(self.table.shard_stream[shard]))
+        payload = await store.read_range(payload_basename(info), start, end)
+        self.counters.add("range_reads")
+        return decode_sample(info, payload, allow_unsafe_types=self.allow_unsafe_types)
+
+    async def aclose(self) -> None:
+        """Close every store this fetcher opened (on the loop that opened them)."""
+        stores, self._stores = self._stores, {}
+        # Keep the closed stores' retries in the counters before dropping them.
+        self.counters.add("retries", sum(store.retries for store in stores.values()))
+        for store in stores.values():
+            await store.aclose()

@@ -1,0 +1,63 @@
+"""``StreamingDataLoader``: a torch DataLoader whose state dict makes resume exact."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from astream.dataset import StreamingDataset
+from astream.plan import detect_world
+
+__all__ = ["StreamingDataLoader"]
+
+
+def _batch_len(batch: Any) -> int:
+    """Samples in a collated batch: a mapping's first value, a tensor, or a sequence's first item."""
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            return len(value)
+        raise ValueError("cannot count the samples of an empty batch mapping")
+    if isinstance(batch, Tensor):
+        return len(batch)
+    if isinstance(batch, list | tuple) and batch and not isinstance(batch[0], Mapping):
+        return len(batch[0])
+    return len(batch)
+
+
+class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
+    """A ``torch.utils.data.DataLoader`` that counts the samples it yields, for exact resume.
+
+    Takes DataLoader's arguments. Each ``iter()`` starts the dataset's next epoch in this process
+    and hands it to the workers, so epochs advance with any ``num_workers`` and without
+    ``persistent_workers``. :meth:`state_dict` counts samples across all ranks (each rank
+    yields the same number per step), which is what the dataset needs to resume mid-epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_samples_yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        dataset = self.dataset
+        if isinstance(dataset, StreamingDataset) and self.num_workers > 0:
+            # Workers get a pickled copy: decide the epoch here, where it persists.
+            dataset._claimed = dataset._claim_epoch()
+        self.num_samples_yielded = 0
+        for batch in super().__iter__():
+            self.num_samples_yielded += _batch_len(batch)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The dataset's state at the samples consumed so far (``None`` for other datasets)."""
+        if not isinstance(self.dataset, StreamingDataset):
+            return None
+        num_samples = self.num_samples_yielded * detect_world().world_size
+        return self.dataset.state_dict(num_samples, from_beginning=False)
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Resume the dataset from ``obj`` (call on every rank before iterating)."""
+        if isinstance(self.dataset, StreamingDataset):
+            self.dataset.load_state_dict(obj)

@@ -1,0 +1,297 @@
+"""StreamingDataset end to end: local, HTTP and S3 datasets, in and out of DataLoader workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from astream import (
+    IndexFormatError,
+    ObjectNotFoundError,
+    Prefetcher,
+    StorageError,
+    Stream,
+    StreamingDataLoader,
+    StreamingDataset,
+)
+from astream.plan import World
+from tests.engine.datasets import (
+    batches_of_ids,
+    check_resume,
+    check_sample,
+    loader_order,
+    sample_bytes,
+    write_mds,
+)
+from tests.servers.moto_s3 import CREDENTIALS, MotoS3
+from tests.storage.conftest import HTTPFiles
+
+N = 300  # samples: ~17 shards of ~18 samples at size_limit 4096
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mds(tmp_path_factory.mktemp("mds"), N)
+
+
+@pytest.fixture
+def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    # How mosaicml-streaming users point at S3-compatible endpoints.
+    monkeypatch.setenv("S3_ENDPOINT_URL", moto_s3.endpoint_url)
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return moto_s3
+
+
+def _upload_dir(moto: MotoS3, src: Path) -> str:
+    import boto3
+
+    bucket = moto.create_bucket()
+    client = boto3.client("s3", endpoint_url=moto.endpoint_url, **_boto_creds())
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"data/{path.relative_to(src).as_posix()}")
+    return f"s3://{bucket}/data"
+
+
+def _boto_creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def _serve_http(http_files: HTTPFiles, src: Path) -> str:
+    name = uuid.uuid4().hex[:12]
+    shutil.copytree(src, http_files.root / name)
+    return f"{http_files.url}/{name}"
+
+
+@pytest.fixture(params=["local", "http", "s3"])
+def remote(
+    request: pytest.FixtureRequest, dataset_dir: Path, tmp_path: Path
+) -> Iterator[tuple[str, Path]]:
+    """(remote, local cache dir) for the same dataset on each kind of store."""
+    kind = request.param
+    if kind == "local":
+        url = str(dataset_dir)
+    elif kind == "http":
+        url = _serve_http(request.getfixturevalue("http_files"), dataset_dir)
+    else:
+        url = _upload_dir(request.getfixturevalue("s3_env"), dataset_dir)
+    yield url, tmp_path / "cache"
+
+
+def _ids(samples: Any) -> list[int]:
+    return [check_sample(s) for s in samples]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_iteration_yields_the_plan(remote: tuple[str, Path], shuffle: bool) -> None:
+    url, local = remote
+    dataset = StreamingDataset(remote=url, local=local, shuffle=shuffle, batch_size=4)
+    expected = [int(i) for i in dataset.worker_sample_ids(World(), 0, 0) if i >= 0]
+    assert sorted(expected) == list(range(N))
+    assert _ids(dataset) == expected
+    # The next iteration is the next epoch.
+    second = [int(i) for i in dataset.worker_sample_ids(World(), 1, 0) if i >= 0]
+    assert _ids(dataset) == second
+    if shuffle:
+        assert second != expected
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_workers(remote: tuple[str, Path], num_workers: int) -> None:
+    url, local = remote
+    dataset = StreamingDataset(remote=url, local=local, shuffle=True, batch_size=8)
+    loader = StreamingDataLoader(
+        dataset,
+        batch_size=8,
+        num_workers=num_workers,
+        multiprocessing_context="spawn" if num_workers else None,
+    )
+    got = [i for batch in batches_of_ids(loader) for i in batch]
+    assert got == loader_order(dataset, 0, 0, num_workers, 8)
+    # Each shard was downloaded into the cache once; nothing partial is left behind.
+    if not url.startswith("/"):
+        names = sorted(p.name for p in local.iterdir() if p.is_file())
+        assert [n for n in names if ".tmp" in n] == []
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch(remote: tuple[str, Path], num_workers: int) -> None:
+    url, local = remote
+    stop = random.Random(num_workers).randrange(1, N // 8 - 1)
+
+    def make() -> StreamingDataLoader:
+        dataset = StreamingDataset(remote=url, local=local, shuffle=True, batch_size=8)
+        return StreamingDataLoader(
+            dataset,
+            batch_size=8,
+            num_workers=num_workers,
+            multiprocessing_context="spawn" if num_workers else None,
+        )
+
+    whole, _ = check_resume(make, stop_after=stop)
+    assert sorted(whole[:N]) == list(range(N))
+
+
+def test_plain_dataloader_samples_are_intact(dataset_dir: Path) -> None:
+    dataset = StreamingDataset(local=dataset_dir, batch_size=5)
+    loader = DataLoader(dataset, batch_size=5)
+    for batch in loader:
+        assert isinstance(batch["id"], torch.Tensor)
+        for i, data in zip(batch["id"].tolist(), batch["data"], strict=True):
+            assert data == sample_bytes(i)
+
+
+def test_random_access_reads_only_what_it_needs(
+    http_files: HTTPFiles, dataset_dir: Path, tmp_path: Path
+) -> None:
+    url = _serve_http(http_files, dataset_dir)
+    dataset = StreamingDataset(remote=url, local=tmp_path / "cache")
+    assert check_sample(dataset[7]) == 7
+    assert check_sample(dataset[-1]) == N - 1
+    assert [check_sample(s) for s in dataset[10:40:7]] == list(range(10, 40, 7))
+    assert [check_sample(s) for s in dataset[[5, 250, 3]]] == [5, 250, 3]
+    assert [check_sample(s) for s in dataset[np.array([299, 0])]] == [299, 0]
+    stats = dataset.statistics()
+    assert stats.range_reads >= 9
+    # No shard was downloaded whole for that.
+    shards = [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".mds"]
+    assert shards == []
+    with pytest.raises(IndexError):
+        dataset[N]
+    with pytest.raises(IndexError):
+        dataset[-N - 1]
+
+
+def test_random_access_compressed_fetches_the_shard(tmp_path: Path) -> None:
+    src = write_mds(tmp_path / "zst", 60, compression="zstd", hashes=["sha1", "xxh64"])
+    dataset = StreamingDataset(
+        remote=src, local=tmp_path / "cache", validate_hash="xxh64", keep_zip=False
+    )
+    assert check_sample(dataset[33]) == 33
+    assert _ids(dataset) == list(range(60))
+    assert not list((tmp_path / "cache").glob("*.zstd"))
+
+
+async def _collect(dataset: StreamingDataset) -> list[int]:
+    return [check_sample(s) async for s in dataset]
+
+
+@pytest.mark.anyio
+async def test_async_for_on_the_callers_loop(remote: tuple[str, Path]) -> None:
+    url, local = remote
+    dataset = StreamingDataset(remote=url, local=local, shuffle=True)
+    expected = [int(i) for i in dataset.worker_sample_ids(World(), 0, 0) if i >= 0]
+    assert await _collect(dataset) == expected
+
+
+def test_async_iteration_starts_no_thread(dataset_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, threading\n"
+        "from astream import StreamingDataset\n"
+        f"ds = StreamingDataset(local={str(dataset_dir)!r})\n"
+        "async def main():\n"
+        "    return [s['id'] async for s in ds]\n"
+        "ids = asyncio.run(main())\n"
+        "assert ids == list(range(300)), ids[:5]\n"
+        "assert not [t for t in threading.enumerate() if t.name == 'astream-io']\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_prefetcher_follows_any_order(remote: tuple[str, Path]) -> None:
+    url, local = remote
+    dataset = StreamingDataset(remote=url, local=local)
+    order = list(range(N))
+    random.Random(3).shuffle(order)
+    order = order[:120] + order[:10]  # repeats are fine
+    assert [check_sample(s) for s in Prefetcher(dataset, order)] == order
+
+
+@pytest.mark.anyio
+async def test_prefetcher_async(dataset_dir: Path) -> None:
+    dataset = StreamingDataset(local=dataset_dir)
+    order = [299, 0, 150, 151, 2]
+    assert [check_sample(s) async for s in Prefetcher(dataset, order)] == order
+
+
+def test_stream_mixing(tmp_path: Path) -> None:
+    a = write_mds(tmp_path / "a", 50)
+    b = write_mds(tmp_path / "b", 30, payload=100)  # b's samples are told apart by size
+    dataset = StreamingDataset(
+        streams=[Stream(local=a, repeat=2), Stream(local=b, choose=10)], shuffle=True
+    )
+    assert dataset.size == 80
+    samples = list(dataset)
+    assert len(samples) == 110 == dataset.epoch_size
+    from_a = [check_sample(s) for s in samples if len(s["data"]) == 200]
+    from_b = [check_sample(s, payload=100) for s in samples if len(s["data"]) == 100]
+    assert sorted(from_a) == sorted(list(range(50)) * 2)
+    assert len(from_b) == 10 and set(from_b) <= set(range(30))
+
+
+def test_statistics_is_a_frozen_snapshot(dataset_dir: Path) -> None:
+    dataset = StreamingDataset(local=dataset_dir)
+    before = dataset.statistics()
+    list(dataset)
+    after = dataset.statistics()
+    assert after.samples - before.samples == N
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.samples = 0  # type: ignore[misc]
+
+
+def test_corrupt_index_is_a_clear_error(tmp_path: Path) -> None:
+    src = write_mds(tmp_path / "bad", 20)
+    (src / "index.json").write_text('{"version": 2, "shards": [{"format": "mds"')
+    with pytest.raises(IndexFormatError, match=r"index\.json"):
+        StreamingDataset(local=src)
+
+
+def test_unreachable_remote_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/data"
+    with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
+        StreamingDataset(remote=url, local=tmp_path / "cache", download_retry=1, download_timeout=2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_missing_shard_raises_in_the_consumer(
+    http_files: HTTPFiles, dataset_dir: Path, tmp_path: Path, num_workers: int
+) -> None:
+    url = _serve_http(http_files, dataset_dir)
+    dataset = StreamingDataset(remote=url, local=tmp_path / "cache", download_retry=0)
+    served = http_files.root / url.rsplit("/", 1)[1]
+    os.remove(served / "shard.00003.mds")
+    loader = DataLoader(
+        dataset,
+        batch_size=4,
+        num_workers=num_workers,
+        multiprocessing_context="spawn" if num_workers else None,
+    )
+    with pytest.raises(ObjectNotFoundError, match=r"shard\.00003\.mds"):
+        for _ in loader:
+            pass
