@@ -1,4 +1,5 @@
-"""Developer and CI sessions: ``nox -s tests lint typecheck interop`` (CI), ``bench``, ``docs``.
+"""Developer and CI sessions: ``nox -s tests lint typecheck interop`` (CI), ``demo``, ``bench``,
+``docs``.
 
 Every session that could pull torch installs ``torch==2.13.0`` first: that exact version is a CPU
 wheel on the build machines' disk, while any open range would download a multi-GB CUDA build.
@@ -48,6 +49,14 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     _install_node_servers(session)
     session.run("pytest", "-m", "not interop", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: write a sample dataset, serve it over HTTP on loopback, stream it."""
+    session.install(TORCH)
+    session.install("-e", ".")
+    session.run("python", "examples/quickstart.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
