@@ -86,8 +86,7 @@ class _Runtime:
 
     def __init__(self, dataset: StreamingDataset) -> None:
         self.pid = os.getpid()
-        self.counters = Counters()
-        self.caches: list[ShardCache] = make_caches(dataset.table, dataset.cache_limit)
+        self.counters, self.caches = dataset._process_state()
         self.loop = io_loop()
         self.fetcher = Fetcher(
             dataset.table,
@@ -235,16 +234,26 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         self._epoch_start: tuple[int, int] | None = None
         self._claimed: tuple[int, int] | None = None
         self._runtime: _Runtime | None = None
+        self._proc_state: tuple[int, Counters, list[ShardCache]] | None = None
 
     # -- pickling: the runtime stays in its process ------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_runtime"] = None
+        state["_proc_state"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+
+    def _process_state(self) -> tuple[Counters, list[ShardCache]]:
+        """This process's counters and caches, shared by sync and async iteration."""
+        state = self._proc_state
+        if state is None or state[0] != os.getpid():
+            state = (os.getpid(), Counters(), make_caches(self.table, self.cache_limit))
+            self._proc_state = state
+        return state[1], state[2]
 
     def _rt(self) -> _Runtime:
         runtime = self._runtime
@@ -374,8 +383,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
     async def aiter_ids(self, ids: Sequence[int] | NDArray[Any]) -> AsyncIterator[Sample]:
         """Samples ``ids`` in the given order, fetched on the running loop with no thread."""
-        caches = make_caches(self.table, self.cache_limit)
-        counters = self._rt_counters()
+        counters, caches = self._process_state()
         fetcher = Fetcher(
             self.table,
             caches,
@@ -397,22 +405,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         finally:
             await fetcher.aclose()
 
-    def _rt_counters(self) -> Counters:
-        # Async iteration shares the process's counters without starting the IO loop thread.
-        runtime = self._runtime
-        if runtime is not None and runtime.pid == os.getpid():
-            return runtime.counters
-        counters = getattr(self, "_async_counters", None)
-        if counters is None:
-            counters = Counters()
-            self._async_counters = counters
-        return counters
-
     def statistics(self) -> EngineStatistics:
         """A frozen snapshot of this process's engine counters for this dataset."""
-        if self._runtime is not None and self._runtime.pid == os.getpid():
-            return self._runtime.counters.snapshot()
-        return self._rt_counters().snapshot()
+        return self._process_state()[0].snapshot()
 
     # -- random access ----------------------------------------------------------------------
 

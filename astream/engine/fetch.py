@@ -31,10 +31,12 @@ class EngineStatistics:
 
     :param bytes_in_flight: bytes of shards scheduled but not yet on local disk.
     :param window_depth: shards fetched or being fetched ahead of the consumer.
-    :param cache_hits: shards found on local disk when first needed.
-    :param cache_misses: shards this process had to fetch (or wait for another process to).
+    :param cache_hits: shard fetches that found the shard on local disk (at once, or after
+        another process of the node downloaded it).
+    :param cache_misses: shards this process downloaded (once per node: the others wait).
     :param retries: request retries made by this process's stores.
     :param bytes_downloaded: bytes this process downloaded.
+    :param evictions: shards this process evicted to stay under ``cache_limit``.
     :param consumer_wait_s: seconds the consumer waited for data.
     :param samples: samples handed to the consumer.
     :param range_reads: random-access reads served by range requests without the whole shard.
@@ -49,6 +51,7 @@ class EngineStatistics:
     consumer_wait_s: float = 0.0
     samples: int = 0
     range_reads: int = 0
+    evictions: int = 0
 
 
 class Counters:
@@ -58,6 +61,8 @@ class Counters:
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
         self.store_retries: Callable[[], int] = lambda: 0
+        #: The caches whose download, hit and eviction counts the snapshot adds up.
+        self.caches: list[ShardCache] = []
 
     def add(self, name: str, amount: float = 1) -> None:
         """Add ``amount`` to counter ``name``."""
@@ -73,13 +78,15 @@ class Counters:
         """A frozen copy of every counter."""
         with self._lock:
             values = dict(self._values)
+        caches = [cache.statistics() for cache in self.caches]
         return EngineStatistics(
             bytes_in_flight=int(values.get("bytes_in_flight", 0)),
             window_depth=int(values.get("window_depth", 0)),
-            cache_hits=int(values.get("cache_hits", 0)),
-            cache_misses=int(values.get("cache_misses", 0)),
+            cache_hits=int(values.get("cache_hits", 0)) + sum(c.hits for c in caches),
+            cache_misses=sum(c.misses for c in caches),
             retries=int(values.get("retries", 0)) + self.store_retries(),
-            bytes_downloaded=int(values.get("bytes_downloaded", 0)),
+            bytes_downloaded=sum(c.bytes_downloaded for c in caches),
+            evictions=sum(c.evictions for c in caches),
             consumer_wait_s=float(values.get("consumer_wait_s", 0.0)),
             samples=int(values.get("samples", 0)),
             range_reads=int(values.get("range_reads", 0)),
@@ -132,6 +139,7 @@ class Fetcher:
         self._semaphore: asyncio.Semaphore | None = None
         self._offsets: dict[int, NDArray[Any]] = {}
         counters.store_retries = self._retries
+        counters.caches = caches
 
     def _retries(self) -> int:
         return sum(store.retries for store in list(self._stores.values()))
@@ -163,7 +171,6 @@ class Fetcher:
             self.counters.add("cache_hits")
             cache.touch(info)
             return cache.raw_path(info)
-        self.counters.add("cache_misses")
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._max_downloads)
         stream = int(self.table.shard_stream[shard])
@@ -182,7 +189,6 @@ class Fetcher:
                 )
         finally:
             self.counters.add("bytes_in_flight", -size)
-        self.counters.add("bytes_downloaded", size)
         return path
 
     async def _offsets_of(self, shard: int) -> NDArray[Any]:
