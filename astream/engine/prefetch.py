@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,30 @@ def _prepared(ids: Any, table: ShardTable) -> NDArray[np.int64]:
     return array
 
 
+async def _tracked(coro: Coroutine[Any, Any, Path], tasks: set[asyncio.Task[Any]]) -> Path:
+    """Run ``coro`` as a task that :func:`_settle` can cancel and wait for."""
+    task = asyncio.current_task()
+    assert task is not None
+    tasks.add(task)
+    try:
+        return await coro
+    finally:
+        tasks.discard(task)
+
+
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel the fetches still running and wait until they have cleaned up after themselves."""
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=_SETTLE_TIMEOUT)
+
+
+#: Seconds a closing iterator waits for its cancelled downloads to remove their temp files.
+_SETTLE_TIMEOUT = 10.0
+
+
 def iter_sync(
     ids: Any,
     *,
@@ -279,6 +303,7 @@ def iter_sync(
     shard_of, within = table.locate(array)
     schedule = _Schedule(shard_of, table.fetch_bytes, window)
     futures: dict[int, concurrent.futures.Future[Path]] = {}
+    running: set[asyncio.Task[Any]] = set()  # touched on the loop thread only
     partials: dict[int, _Partial] = {}
     pool = ReaderPool(table, caches, window.open_shards, allow_unsafe_types)
 
@@ -286,13 +311,12 @@ def iter_sync(
         partial = None
         if _partial_ok(table, shard):
             partial = partials[shard] = _Partial()
-        futures[shard] = loop.submit(
-            fetcher.fetch_shard(
-                shard,
-                on_raw_started=partial.started if partial else None,
-                on_progress=partial.landed if partial else None,
-            )
+        fetch = fetcher.fetch_shard(
+            shard,
+            on_raw_started=partial.started if partial else None,
+            on_progress=partial.landed if partial else None,
         )
+        futures[shard] = loop.submit(_tracked(fetch, running))
 
     def wait(future: concurrent.futures.Future[Path]) -> Path:
         if future.done():
@@ -337,7 +361,7 @@ def iter_sync(
                 return reader
             # Evicted between its download and our pin (a cache too small for the window):
             # fetch it again.
-            futures[shard] = loop.submit(fetcher.fetch_shard(shard))
+            futures[shard] = loop.submit(_tracked(fetcher.fetch_shard(shard), running))
         raise _evicted_error(table, shard)
 
     current = -1
@@ -362,8 +386,11 @@ def iter_sync(
             counters.add("samples")
             yield reader[index]
     finally:
-        for future in futures.values():
-            future.cancel()
+        # Stop the window's downloads and wait for them to clean up, so that nothing writes into
+        # the cache after the consumer has let go (a caller may delete the directory next).
+        if any(not f.done() for f in futures.values()) and not loop.closed:
+            with contextlib.suppress(Exception):
+                loop.run(_settle(running), timeout=2 * _SETTLE_TIMEOUT)
         for partial in partials.values():
             partial.close()
         pool.close()

@@ -295,3 +295,20 @@ def test_missing_shard_raises_in_the_consumer(
     with pytest.raises(ObjectNotFoundError, match=r"shard\.00003\.mds"):
         for _ in loader:
             pass
+
+
+def test_stopping_early_leaves_nothing_in_flight(
+    http_files: HTTPFiles, dataset_dir: Path, tmp_path: Path
+) -> None:
+    url = _serve_http(http_files, dataset_dir)
+    cache = tmp_path / "cache"
+    dataset = StreamingDataset(remote=url, local=cache, prefetch_shards=8)
+    iterator = iter(dataset)
+    assert check_sample(next(iterator)) == 0
+    iterator.close()  # as a consumer that stops mid-epoch
+    assert dataset.statistics().bytes_in_flight == 0
+    leftovers = [p.name for p in cache.rglob("*") if "tmp" in p.name]
+    assert leftovers == []
+    # The directory can go at once: nothing writes into it any more.
+    shutil.rmtree(cache)
+    assert not cache.exists()
