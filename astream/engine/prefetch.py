@@ -366,11 +366,14 @@ def iter_sync(
 
     current = -1
     reader: ShardReader | None = None
+    # The per-sample path is a list lookup and a decode: plain ints (not numpy scalars), and
+    # the sample counter is flushed at shard changes rather than taking its lock per sample.
+    yielded = 0
     try:
-        for pos in range(len(array)):
-            shard = int(shard_of[pos])
-            index = int(within[pos])
+        for pos, (shard, index) in enumerate(zip(shard_of.tolist(), within.tolist(), strict=True)):
             if shard != current:
+                counters.add("samples", yielded)
+                yielded = 0
                 for due in schedule.due(pos):
                     start(int(due))
                 counters.set("window_depth", schedule.depth(pos))
@@ -379,13 +382,14 @@ def iter_sync(
             if reader is None:
                 sample = early(shard, index)
                 if sample is not None:
-                    counters.add("samples")
+                    yielded += 1
                     yield sample
                     continue
                 reader = open_reader(shard)
-            counters.add("samples")
+            yielded += 1
             yield reader[index]
     finally:
+        counters.add("samples", yielded)
         # Stop the window's downloads and wait for them to clean up, so that nothing writes into
         # the cache after the consumer has let go (a caller may delete the directory next).
         if any(not f.done() for f in futures.values()) and not loop.closed:
@@ -430,21 +434,24 @@ async def iter_async(
 
     current = -1
     reader: ShardReader | None = None
+    yielded = 0
     try:
-        for pos in range(len(array)):
-            shard = int(shard_of[pos])
+        for pos, (shard, index) in enumerate(zip(shard_of.tolist(), within.tolist(), strict=True)):
             if shard != current:
+                counters.add("samples", yielded)
+                yielded = 0
                 for due in schedule.due(pos):
                     tasks[int(due)] = asyncio.ensure_future(fetcher.fetch_shard(int(due)))
                 counters.set("window_depth", schedule.depth(pos))
                 current = shard
                 reader = pool.get(shard) or await open_reader(shard)
             assert reader is not None
-            counters.add("samples")
-            yield reader[int(within[pos])]
+            yielded += 1
+            yield reader[index]
             if pos % 256 == 255:
                 await asyncio.sleep(0)  # let downloads progress on a busy consumer
     finally:
+        counters.add("samples", yielded)
         pending = [t for t in tasks.values() if not t.done()]
         for task in pending:
             task.cancel()
