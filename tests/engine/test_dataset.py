@@ -312,3 +312,33 @@ def test_stopping_early_leaves_nothing_in_flight(
     # The directory can go at once: nothing writes into it any more.
     shutil.rmtree(cache)
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("context", ["fork", "forkserver", "spawn"])
+def test_workers_under_every_start_method(dataset_dir: Path, tmp_path: Path, context: str) -> None:
+    dataset = StreamingDataset(remote=dataset_dir, local=tmp_path / "cache", batch_size=6)
+    # Start the IO loop in the parent first: forked workers must not use its copy.
+    assert check_sample(dataset[0]) == 0
+    loader = StreamingDataLoader(
+        dataset, batch_size=6, num_workers=2, multiprocessing_context=context
+    )
+    got = [i for batch in batches_of_ids(loader) for i in batch]
+    assert got == loader_order(dataset, 0, 0, 2, 6)
+
+
+def test_default_local_is_keyed_by_remote(
+    http_files: HTTPFiles, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    url = _serve_http(http_files, dataset_dir)
+    first = StreamingDataset(remote=url)
+    second = StreamingDataset(remote=url)
+    assert first.table.sources[0].local == second.table.sources[0].local
+    assert first.table.sources[0].local.is_relative_to(tmp_path)
+    assert _ids(first) == list(range(N))
+    # The second dataset finds every shard in the shared cache.
+    assert _ids(second) == list(range(N))
+    assert second.statistics().cache_misses == 0
