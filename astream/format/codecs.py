@@ -11,6 +11,8 @@ import bz2
 import gzip
 import io
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -116,6 +118,22 @@ def _optional(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
+def _gzip_compress(data: bytes | memoryview, level: int) -> bytes:
+    """One gzip member with a zero timestamp and OS byte 255 ("unknown").
+
+    The header is the one Python's own ``gzip.compress`` writes for a non-zero ``mtime``, so
+    the bytes equal mosaicml-streaming's but for its timestamp, and the same input always
+    gives the same file. (``gzip.compress(mtime=0)`` hands the header to zlib, which writes
+    OS 3 instead.)
+    """
+    extra_flags = 2 if level == 9 else 4 if level == 1 else 0
+    header = struct.pack("<BBBBLBB", 0x1F, 0x8B, 8, 0, 0, extra_flags, 255)
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)  # a raw deflate stream
+    body = deflate.compress(data) + deflate.flush()
+    trailer = struct.pack("<LL", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return header + body + trailer
+
+
 def compress(spec: str, data: bytes | memoryview) -> bytes:
     """Compress ``data`` with the codec ``spec`` names.
 
@@ -131,7 +149,7 @@ def compress(spec: str, data: bytes | memoryview) -> bytes:
     if codec.family == "lz4":
         return bytes(lz4.frame.compress(data, compression_level=level or 0))
     if codec.family == "gz":
-        return gzip.compress(data, 9 if level is None else level, mtime=0)
+        return _gzip_compress(data, 9 if level is None else level)
     if codec.family == "bz2":
         return bz2.compress(data, level or 9)
     if codec.family == "br":

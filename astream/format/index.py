@@ -316,7 +316,8 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
 
 
 def merge_index(
-    out: str | os.PathLike[str], index_files: Sequence[str | os.PathLike[str]] | None = None
+    out: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    index_files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
 ) -> DatasetIndex:
     """Merge the indexes of datasets written into subfolders of ``out`` into ``out/index.json``.
 
@@ -326,9 +327,20 @@ def merge_index(
     instead of searching ``out`` (each must lie under ``out``). The merged index is written
     atomically and returned.
 
+    mosaicml-streaming's call form ``merge_index(index_files, out)`` (the list first) is
+    accepted too.
+
     :raises IndexFormatError: when a part's index is malformed or lies outside ``out``.
     :raises FileNotFoundError: when ``out`` or a named index file does not exist.
     """
+    if not isinstance(out, str | os.PathLike):
+        # merge_index([index files], out), as mosaicml-streaming spells it.
+        if not isinstance(index_files, str | os.PathLike):
+            raise TypeError("merge_index(index_files, out) needs out as a path")
+        listed: list[str | os.PathLike[str]] = list(out)
+        out, index_files = index_files, listed
+    elif index_files is not None and isinstance(index_files, str | os.PathLike):
+        raise TypeError("merge_index(out, index_files): index_files must be a list of paths")
     root = Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"merge_index: {root} is not a directory")

@@ -473,16 +473,11 @@ def test_merge_index_writes_the_reference_merged_index(tmp_path: Path, listed: b
     assert canon_samples(read_astream(tmp_path / "ours")) == canon_samples(expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="astream's merge_index(out, index_files=None) does not take mosaicml-streaming's "
-    "call form merge_index(index_file_urls, out), a list of index files first",
-)
 def test_merge_index_takes_the_reference_call_form(tmp_path: Path) -> None:
     indexes = _write_parts(
         tmp_path, MDSWriter, [simple_samples(5, seed=i) for i in range(2)], columns=SIMPLE_ENCODINGS
     )
-    merge_index(indexes, str(tmp_path))  # type: ignore[arg-type]
+    merge_index(indexes, str(tmp_path))
     assert shard_counts(tmp_path) == [5, 5]
 
 
@@ -779,13 +774,6 @@ def test_exist_ok_replaces_an_old_dataset_in_both(tmp_path: Path) -> None:
     assert not (tmp_path / "ours" / "shard.00099.mds").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="astream writes gzip with gzip.compress(data, level, mtime=0), which Python 3.11+ "
-    "hands to zlib: its header says OS 3 (unix) in byte 9; mosaicml-streaming's "
-    "gzip.compress(data, level) builds the header itself with OS 255 (unknown), so .gz shards "
-    "differ in byte 9 as well as in the mtime",
-)
 def test_gzip_header_matches_reference_but_for_mtime(tmp_path: Path) -> None:
     samples = simple_samples(40)
     options: dict[str, Any] = {"columns": SIMPLE_ENCODINGS, "compression": "gz", "size_limit": 4096}
