@@ -200,8 +200,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         self.table = ShardTable(sources, _run_blocking(_load_indexes(sources)))
         weights = []
         for index, stream in enumerate(stream_list):
-            sizes = tuple(n for n in self.table.stream_shard_sizes(index) if n > 0)
-            if not sizes:
+            # Empty shards stay in: the shard shuffles draw them, as mosaicml-streaming's do.
+            sizes = self.table.stream_shard_sizes(index)
+            if not any(sizes):
                 where = sources[index].remote or sources[index].local
                 raise IndexFormatError(f"stream {index} ({where}) has no samples")
             weights.append(

@@ -45,7 +45,8 @@ class StreamWeighting:
     over) and ``choose`` (how many samples) may be set; with none, the stream is drawn once
     (or in proportion to its size when the config sets an ``epoch_size``).
 
-    :param shard_sizes: samples in each shard, in the stream's shard order (each at least 1).
+    :param shard_sizes: samples in each shard, in the stream's shard order (empty shards count:
+        they take part in the shard shuffles as mosaicml-streaming's do).
     :param proportion: relative weight; either every stream of a config sets one or none does.
     :param repeat: draw the stream this many times per epoch (fractions allowed).
     :param choose: draw exactly this many samples of the stream per epoch.
@@ -62,8 +63,10 @@ class StreamWeighting:
         if not sizes:
             raise PlanError("a stream needs at least one shard (shard_sizes is empty)")
         for index, size in enumerate(sizes):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise PlanError(f"shard_sizes[{index}] must be a positive int, got {size!r}")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise PlanError(f"shard_sizes[{index}] must be a non-negative int, got {size!r}")
+        if not any(sizes):
+            raise PlanError("a stream needs at least one sample (every shard is empty)")
         given = [
             name for name in ("proportion", "repeat", "choose") if getattr(self, name) is not None
         ]

@@ -182,8 +182,11 @@ def resample(
         per_shard = choose_per_shard(
             sizes, weights.choose[stream_id], config.sampling_granularity, pick_seed
         )
-        repeats = per_shard // sizes
-        rests = per_shard % sizes
+        # Empty shards (samples == 0, as a writer leaves when one sample exceeds its size limit)
+        # draw nothing: divide by 1 there instead of 0.
+        divisor = np.maximum(sizes, 1)
+        repeats = per_shard // divisor
+        rests = per_shard % divisor
         units_per_shard = repeats + (rests > 0)
         shard_of_unit = np.repeat(np.arange(len(sizes)), units_per_shard)
         # Within a shard, the whole copies come first and the partial subset last.

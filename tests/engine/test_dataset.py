@@ -342,3 +342,24 @@ def test_default_local_is_keyed_by_remote(
     # The second dataset finds every shard in the shared cache.
     assert _ids(second) == list(range(N))
     assert second.statistics().cache_misses == 0
+
+
+def test_empty_shards_are_read_past(tmp_path: Path) -> None:
+    # One sample bigger than the size limit leaves an empty shard before it (as the reference
+    # writer does); iteration, random access and the order all step over it.
+    src = write_mds(tmp_path / "src", 30, size_limit=600, payload=200)
+    from astream.format import MDSWriter
+
+    with MDSWriter(
+        out=str(tmp_path / "big"), columns={"id": "int", "data": "bytes"}, size_limit=600
+    ) as w:
+        w.write({"id": 0, "data": sample_bytes(0, 2000)})
+        for i in range(1, 6):
+            w.write({"id": i, "data": sample_bytes(i, 200)})
+    dataset = StreamingDataset(
+        streams=[Stream(local=tmp_path / "big"), Stream(local=src)], shuffle=True
+    )
+    assert any(s.samples == 0 for s in dataset.table.shards)
+    samples = list(dataset)
+    assert len(samples) == 36
+    assert int(dataset[0]["id"]) == 0 and len(dataset[0]["data"]) == 2000

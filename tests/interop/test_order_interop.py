@@ -297,3 +297,26 @@ def test_random_configurations() -> None:
             cfg, shape, epoch=rnd.randint(0, 5), sample_in_epoch=rnd.randint(0, total // 2)
         )
         checked += 1
+
+
+@pytest.mark.parametrize("shuffle_algo", ["naive", "py1s", "py2s", "py1br", "py1e"])
+@pytest.mark.parametrize("weights", [{}, {"repeat": 1.5}, {"choose": 7}, {"repeat": 0.4}], ids=str)
+@pytest.mark.parametrize("sampling_method", ["balanced", "fixed"])
+def test_empty_shards_take_part_as_in_the_reference(
+    shuffle_algo: str, weights: dict[str, Any], sampling_method: str
+) -> None:
+    # A writer leaves an empty shard when one sample alone exceeds its size limit; such shards
+    # are in the index, and the reference's shard shuffles draw them like any other.
+    cfg = OrderConfig(
+        streams=(
+            StreamWeighting(shard_sizes=(5, 0, 7, 3, 0, 9), **weights),
+            StreamWeighting(shard_sizes=(0, 3, 6)),
+        ),
+        shuffle=True,
+        shuffle_algo=shuffle_algo,  # type: ignore[arg-type]
+        sampling_method=sampling_method,  # type: ignore[arg-type]
+        num_canonical_nodes=4 if shuffle_algo in ("py1s", "py2s") else None,
+        shuffle_seed=77,
+    )
+    for shape in (Shape(1, 1, 1, 2), Shape(2, 2, 2, 1)):
+        _assert_same(cfg, shape, epoch=1)

@@ -115,7 +115,8 @@ def test_bad_configs_are_refused(kwargs: dict[str, object], message: str) -> Non
     ("kwargs", "message"),
     [
         ({"shard_sizes": ()}, "at least one shard"),
-        ({"shard_sizes": (3, 0)}, r"shard_sizes\[1\]"),
+        ({"shard_sizes": (3, -1)}, r"shard_sizes\[1\]"),
+        ({"shard_sizes": (0, 0)}, "every shard is empty"),
         ({"shard_sizes": (3,), "repeat": 1.0, "choose": 3}, "at most one"),
         ({"shard_sizes": (3,), "proportion": -1.0}, "proportion"),
     ],
