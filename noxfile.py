@@ -1,5 +1,5 @@
-"""Developer and CI sessions: ``nox -s tests lint typecheck interop`` (CI), ``demo``, ``bench``,
-``docs``.
+"""Developer and CI sessions: ``nox -s tests lint typecheck interop docs`` (CI), ``demo``,
+``bench``.
 
 Every session that could pull torch installs ``torch==2.13.0`` first: that exact version is a CPU
 wheel on the build machines' disk, while any open range would download a multi-GB CUDA build.
