@@ -156,6 +156,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         rows += _s3rver_rows(s3rver, workdir, src, size, dest, ranged)
     else:
         notes.append("s3rver not installed (npm install --prefix tests/servers): no s3rver rows")
+    rows += cloud_rows(src, size, dest, ranged)
 
     best_http = max(row["MB/s"] for row in http_rows)
     return {
