@@ -78,11 +78,18 @@ async def ranged_download(
         raise StorageError(f"negative size {size} for {store.join(key)}")
     url = store.join(key)
     transfer = store.transfer
-    ranges = part_ranges(size, transfer.part_size)
+    head = transfer.head_part_size if on_progress is not None else 0
+    head = head if 0 < head < size else 0
+    ranges = [(head + a, head + b) for a, b in part_ranges(size - head, transfer.part_size)]
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         # Preallocate: each part's pwrite then lands in place whatever order parts finish in.
         os.ftruncate(fd, size)
+        if head and on_progress is not None:
+            # A reader waits on the first bytes (header, offsets, first samples): fetch them
+            # alone so they do not share the link with every other part.
+            await store.fetch_range_into(key, 0, head, fd)
+            on_progress(0, head)
         pending: Iterator[tuple[int, int]] = iter(ranges)
 
         async def worker() -> None:

@@ -65,10 +65,17 @@ class TransferConfig:
     concurrency: int = 8
     #: Objects at least this large are uploaded in parts (where the store supports it).
     multipart_threshold: int = 16 << 20
+    #: When a download reports progress (a consumer reads samples as they land), its first
+    #: bytes are fetched alone, in a part this large, before the others start: the shard's
+    #: header and first samples then arrive in one small request's time, not in a share of all
+    #: parts' bandwidth. 0 turns this off.
+    head_part_size: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.part_size < 1 or self.concurrency < 1 or self.multipart_threshold < 1:
             raise ValueError("TransferConfig sizes and concurrency must be >= 1")
+        if self.head_part_size < 0:
+            raise ValueError("TransferConfig.head_part_size must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

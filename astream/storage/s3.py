@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,26 @@ def _split(url: str) -> tuple[str, str]:
     if match is None:
         raise StorageError(f"not an s3:// URL with a bucket: {url}")
     return match.group(1), match.group(2).strip("/")
+
+
+_sessions: dict[str | None, Any] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session(profile: str | None) -> Any:
+    """One botocore session per profile and process, shared by every loop's clients.
+
+    Building a session loads botocore's service models (about 0.1 s); a client made from a
+    loaded session takes milliseconds, which the first sample of a cold epoch waits for.
+    """
+    with _sessions_lock:
+        session = _sessions.get(profile)
+        if session is None:
+            session = get_session()
+            if profile:
+                session.set_config_variable("profile", profile)
+            _sessions[profile] = session
+        return session
 
 
 class S3Store(Store):
@@ -145,9 +166,7 @@ class S3Store(Store):
             s3=s3_options or None,
             **extra,
         )
-        session = get_session()
-        if self.profile:
-            session.set_config_variable("profile", self.profile)
+        session = _session(self.profile)
         region = self.region or session.get_config_variable("region") or "us-east-1"
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
