@@ -139,6 +139,11 @@ class _Partial:
             self.fd = fd
             self.cond.notify_all()
 
+    def wake(self, _: object = None) -> None:
+        """Wake a reader waiting in :meth:`wait_read` (its download has ended)."""
+        with self.cond:
+            self.cond.notify_all()
+
     def landed(self, start: int, end: int) -> None:
         with self.cond:
             # Keep disjoint sorted intervals; merge the new one with its neighbours.
@@ -317,6 +322,9 @@ def iter_sync(
             on_progress=partial.landed if partial else None,
         )
         futures[shard] = loop.submit(_tracked(fetch, running))
+        if partial is not None:
+            # A shard already in the cache never reports a range: end the reader's wait at once.
+            futures[shard].add_done_callback(partial.wake)
 
     def wait(future: concurrent.futures.Future[Path]) -> Path:
         if future.done():
