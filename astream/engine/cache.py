@@ -626,15 +626,18 @@ async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json
     meta.mkdir(parents=True, exist_ok=True)
     lock = await FileLock.acquire_async(meta / f"index-{urllib.parse.quote(name, safe='')}.lock")
     try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_temps(path)
-            tmp = _temp_name(path)
-            try:
-                await store.download(name, tmp)
-                os.replace(tmp, path)
-            finally:
-                _unlink(tmp)
-        return await anyio.to_thread.run_sync(path.read_bytes)
+        if path.exists():
+            return await anyio.to_thread.run_sync(path.read_bytes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_temps(path)
+        # One whole GET (an index is small): no stat round trip before the download.
+        data = await store.read(name)
+        tmp = _temp_name(path)
+        try:
+            await anyio.to_thread.run_sync(tmp.write_bytes, data)
+            os.replace(tmp, path)
+        finally:
+            _unlink(tmp)
+        return data
     finally:
         lock.release()

@@ -50,13 +50,20 @@ class CountingStore(LocalStore):
         size: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> int:
+        self._note(key)
+        # The generic ranged download (LocalStore's own is one kernel-side copy).
+        return await Store.download(self, key, dest, size=size, on_progress=on_progress)
+
+    async def read(self, key: str) -> bytes:
+        self._note(key)  # a whole read is a download too (indexes are fetched this way)
+        return await super().read(key)
+
+    def _note(self, key: str) -> None:
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, f"{key}\n".encode())
         finally:
             os.close(fd)
-        # The generic ranged download (LocalStore's own is one kernel-side copy).
-        return await Store.download(self, key, dest, size=size, on_progress=on_progress)
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         if self.delay:
