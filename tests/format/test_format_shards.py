@@ -369,3 +369,27 @@ def test_undecodable_column_is_named(tmp_path: Path) -> None:
         pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds: column 't'.*as str"),
     ):
         reader[0]
+
+
+def test_any_column_name_reads_back(tmp_path: Path) -> None:
+    # Readers compile a decoder per column layout: names never enter its source.
+    names = ["x'}; raise SystemExit #", 'q"\n', "k0", "p1", "", "ünï"]
+    encodings = ["bytes", "int", "str", "bytes", "int", "json"]
+    columns = dict(zip(names, encodings, strict=True))
+    samples = [
+        {
+            names[0]: b"a" * i,
+            names[1]: -i,
+            names[2]: "s" * i,
+            names[3]: b"",
+            names[4]: i,
+            names[5]: [i],
+        }
+        for i in range(4)
+    ]
+    with MDSWriter(out=tmp_path, columns=columns) as writer:
+        for sample in samples:
+            writer.write(sample)
+    index = read_index(tmp_path)
+    with open_shard(index.shards[0], tmp_path) as reader:
+        assert [reader[i] for i in range(len(reader))] == samples
