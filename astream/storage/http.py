@@ -6,8 +6,11 @@ and ``Content-Range``; a server that ignores ranges (answers 200) still works, a
 the whole body per request. Writing and listing raise :class:`~astream.errors.StorageError`:
 plain HTTP has no standard way to do either.
 
-Options: ``headers`` (a mapping sent with every request, e.g. an ``Authorization`` token) and
-``connections`` (the session's connection cap, default 64).
+Options: ``headers`` (a mapping sent with every request, e.g. an ``Authorization`` token),
+``connections`` (the connection cap, default 64), ``ssl`` (an :class:`ssl.SSLContext`, e.g. one
+that trusts a private CA) and ``fast_ranges`` (default on: ranged downloads into files go through
+:mod:`astream.storage._rawhttp`, which receives bodies straight into a buffer instead of through
+aiohttp's parser; anything but a plain ``206`` falls back to aiohttp).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl as ssl_module
 import urllib.parse
 from collections.abc import Mapping
 
 import aiohttp
 
 from astream.errors import StorageError
+from astream.storage._rawhttp import RawHTTP, check_headers
 from astream.storage._retry import TruncatedBody, error_for_status
 from astream.storage._transfer import pwrite_all, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
@@ -34,7 +39,7 @@ class HTTPStore(Store):
     """Objects are resources under a root URL, fetched with GET/HEAD and ``Range``."""
 
     schemes = ("http", "https")
-    _live_attributes = ("_session", "_session_loop")
+    _live_attributes = ("_session", "_session_loop", "_raw", "_raw_loop")
 
     def __init__(
         self,
@@ -44,12 +49,19 @@ class HTTPStore(Store):
         transfer: TransferConfig | None = None,
         headers: Mapping[str, str] | None = None,
         connections: int = 64,
+        ssl: ssl_module.SSLContext | None = None,
+        fast_ranges: bool = True,
     ) -> None:
         super().__init__(url, retry=retry, transfer=transfer)
         self.headers = dict(headers or {})
+        check_headers(self.headers)
         self.connections = connections
+        self.ssl = ssl
+        self.fast_ranges = fast_ranges
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._raw: RawHTTP | None = None
+        self._raw_loop: asyncio.AbstractEventLoop | None = None
 
     def join(self, key: str) -> str:
         key = key.lstrip("/")
@@ -69,7 +81,9 @@ class HTTPStore(Store):
             )
             self._session = aiohttp.ClientSession(
                 timeout=timeout,
-                connector=aiohttp.TCPConnector(limit=self.connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self.connections, ssl=self.ssl if self.ssl is not None else True
+                ),
                 headers=self.headers,
                 # Ranges address stored bytes: never let the client decode a Content-Encoding.
                 auto_decompress=False,
@@ -80,7 +94,24 @@ class HTTPStore(Store):
             self._session_loop = loop
         return self._session
 
+    def _get_raw(self) -> RawHTTP:
+        loop = asyncio.get_running_loop()
+        if self._raw is None or self._raw_loop is not loop:
+            self._raw = RawHTTP(
+                self.headers,
+                connections=self.connections,
+                connect_timeout=self.retry.connect_timeout,
+                read_timeout=self.retry.read_timeout,
+                ssl_context=self.ssl,
+            )
+            self._raw_loop = loop
+        return self._raw
+
     async def aclose(self) -> None:
+        raw, loop = self._raw, self._raw_loop
+        self._raw = self._raw_loop = None
+        if raw is not None and loop is asyncio.get_running_loop():
+            raw.close()
         session, self._session, self._session_loop = self._session, None, None
         if session is not None and not session.closed:
             await session.close()
@@ -195,6 +226,8 @@ class HTTPStore(Store):
         want = end - start
 
         async def get() -> None:
+            if self.fast_ranges and await self._get_raw().get_into(url, start, end, fd):
+                return
             session = await self._get_session()
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with session.get(url, headers=headers) as response:

@@ -125,3 +125,18 @@ async def test_s3_faults_are_retried(s3_proxy: FaultProxy, moto_s3: MotoS3, tmp_
         s3_proxy.inject(["403"])
         with pytest.raises(StoragePermissionError, match=f"s3://{bucket}/f/data"):
             await store.read("data.bin")
+
+
+async def test_a_dropped_kept_alive_connection_is_resent_once(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # A server may close an idle connection just as a request goes out on it: that request
+    # is sent again on a fresh connection, and it is not one of the configured attempts.
+    retry = RetryConfig(attempts=1, read_timeout=0.5)
+    single = TransferConfig(part_size=len(DATA), concurrency=1)
+    async with open_store(f"{proxy.url}/faults", retry=retry, transfer=single) as store:
+        await store.download("data.bin", tmp_path / "a.bin", size=len(DATA))
+        proxy.inject(["drop"])
+        await store.download("data.bin", tmp_path / "b.bin", size=len(DATA))
+        assert (tmp_path / "b.bin").read_bytes() == DATA
+        assert proxy.applied == ["drop"]

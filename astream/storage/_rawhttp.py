@@ -1,0 +1,396 @@
+"""A lean HTTP/1.1 client for the request that moves most bytes: a ranged GET into a file.
+
+aiohttp's response parser copies every body chunk it receives (the socket's bytes are sliced
+into a new object, then queued in a stream reader): on a fast link that copy, not the network,
+bounds a download (raw loopback TCP moves about twice what an aiohttp client does on the build
+machine). Here an :class:`asyncio.BufferedProtocol` receives the body straight into one reusable
+buffer per connection and ``pwrite``\\ s it at its offset: one copy out of the socket and one
+into the page cache, as a plain socket copy does.
+
+Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Range`` starts at
+the asked offset and whose ``Content-Length`` is the asked length, with no transfer or content
+coding. Error statuses raise what the aiohttp path raises (through the shared retry
+classification). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
+chunked body) makes :meth:`RawHTTP.get_into` return ``False`` before any byte is written, and
+the caller asks again through aiohttp, which speaks the rest of HTTP.
+
+Connections are kept alive and reused per ``(scheme, host, port)``; every callback runs on the
+loop thread, and a request that ends early (error, timeout, cancellation) aborts its connection
+before returning, so no late write can reach a file descriptor the caller has closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Mapping
+
+from astream.errors import StorageError
+from astream.storage._retry import TruncatedBody
+from astream.storage._transfer import pwrite_all
+
+__all__ = ["HTTPStatusError", "RawHTTP", "check_headers"]
+
+# Bytes of status line and headers a response may use before the body.
+_HEAD_LIMIT = 64 << 10
+# Body bytes received before each pwrite: large writes, few system calls.
+_BODY_BUFFER = 1 << 20
+
+_Key = tuple[str, str, int]
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header names or values with line breaks (they would forge headers)."""
+    for name, value in headers.items():
+        if any(c in text for text in (name, value) for c in "\r\n"):
+            raise ValueError(f"HTTP header {name!r} holds a line break")
+
+
+class HTTPStatusError(Exception):
+    """A non-success status; the retry loop classifies it by :attr:`status`."""
+
+    def __init__(self, status: int, reason: str, url: str) -> None:
+        super().__init__(f"HTTP {status} {reason} from {url}".replace("  ", " "))
+        self.status = status
+        self.message = reason
+
+
+class _Head:
+    """A parsed status line and headers (names lower-cased)."""
+
+    def __init__(self, raw: bytes) -> None:
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise ConnectionError(f"not an HTTP response: {lines[0][:80]!r}")
+        self.version = parts[0]
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        self.headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ConnectionError(f"malformed response header line {line[:80]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
+
+    def keeps_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+
+class _Conn(asyncio.BufferedProtocol):
+    """One connection, one request at a time; the body goes straight to ``fd``."""
+
+    def __init__(self, key: _Key) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray(_HEAD_LIMIT)
+        self.head_view = memoryview(self.head)
+        self.head_len = 0
+        self.body = bytearray(_BODY_BUFFER)
+        self.body_view = memoryview(self.body)
+        self.filled = 0
+        #: "idle" (between requests), "head", "body", "closed".
+        self.mode = "idle"
+        self.waiter: asyncio.Future[_Head | None] | None = None
+        self.response: _Head | None = None
+        self.reusable = False
+        self.fd = -1
+        self.start = 0  # the range asked for, to check the answer against
+        self.want = 0
+        self.offset = 0  # file offset of body[0]
+        self.todo = 0  # body bytes not received yet
+        self.received_any = False
+        self.progress = 0  # bumped on every receive, for the read timeout
+
+    # -- asyncio's side ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.mode == "body":
+            stop = self.filled + min(len(self.body) - self.filled, self.todo)
+            return self.body_view[self.filled : stop]
+        if self.head_len >= len(self.head):
+            # Only after a failure (buffer_updated aborts first): receive into scratch space.
+            self.mode = "closed"
+            return memoryview(bytearray(4096))
+        return self.head_view[self.head_len :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.progress += 1
+        self.received_any = True
+        try:
+            if self.mode == "body":
+                self._body(nbytes)
+            elif self.mode == "head":
+                self._headers(nbytes)
+            else:
+                # Bytes outside any request: the connection's framing is lost.
+                self._fail(ConnectionError("unexpected bytes from the server between requests"))
+        except Exception as exc:  # a pwrite that failed (disk full), a malformed head
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        mode, self.mode = self.mode, "closed"
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            if mode == "body":
+                got = self.want - self.todo
+                self.waiter.set_exception(
+                    TruncatedBody(f"connection closed after {got} of {self.want} bytes")
+                )
+            else:
+                self.waiter.set_exception(
+                    ConnectionResetError(f"connection closed before a response: {exc or 'EOF'}")
+                )
+
+    # -- the request ---------------------------------------------------------------------------
+
+    def begin(self, request: bytes, fd: int, start: int, end: int) -> asyncio.Future[_Head | None]:
+        assert self.transport is not None
+        self.mode = "head"
+        self.head_len = 0
+        self.filled = 0
+        self.response = None
+        self.received_any = False
+        self.fd, self.start, self.want = fd, start, end - start
+        self.offset, self.todo = start, end - start
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.waiter
+
+    def _headers(self, nbytes: int) -> None:
+        before = self.head_len
+        self.head_len += nbytes
+        at = self.head.find(b"\r\n\r\n", max(0, before - 3), self.head_len)
+        if at < 0:
+            if self.head_len >= len(self.head):
+                raise ConnectionError(f"response headers longer than {_HEAD_LIMIT} bytes")
+            return
+        head = _Head(bytes(self.head[:at]))
+        self.response = head
+        self.reusable = head.keeps_alive()
+        if not self._expected(head):
+            # Not ours to read: stop receiving and let the caller decide. The connection is
+            # not reused (its body was never read).
+            self.mode = "closed"
+            self.reusable = False
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._resolve(head)
+            return
+        self.mode = "body"
+        early = self.head_view[at + 4 : self.head_len]
+        if len(early) > self.todo:
+            raise ConnectionError(f"more than the {self.want} bytes asked for")
+        if early:
+            pwrite_all(self.fd, early, self.offset)
+            self.offset += len(early)
+            self.todo -= len(early)
+        if self.todo == 0:
+            self._finish()
+
+    def _expected(self, head: _Head) -> bool:
+        if head.status != 206:
+            return False
+        headers = head.headers
+        if "transfer-encoding" in headers:
+            return False
+        if headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+            return False
+        length = headers.get("content-length", "")
+        if not length.isdigit() or int(length) != self.want:
+            return False
+        unit, _, spec = headers.get("content-range", "").partition(" ")
+        first, dash, _rest = spec.partition("-")
+        return unit == "bytes" and bool(dash) and first.isdigit() and int(first) == self.start
+
+    def _body(self, nbytes: int) -> None:
+        self.filled += nbytes
+        self.todo -= nbytes
+        if self.filled == len(self.body) or self.todo == 0:
+            pwrite_all(self.fd, self.body_view[: self.filled], self.offset)
+            self.offset += self.filled
+            self.filled = 0
+        if self.todo == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.mode = "idle"
+        self.fd = -1
+        self._resolve(None)
+
+    def _resolve(self, value: _Head | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.fd = -1
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now: no callback writes anything after this returns."""
+        self.mode = "closed"
+        self.fd = -1
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.cancel()  # its request was abandoned: nobody will read an error
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class RawHTTP:
+    """Kept-alive connections of one store on one loop, for ranged GETs into files."""
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        *,
+        connections: int,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        check_headers(headers)
+        names = {name.lower() for name in headers}
+        self._extra = "".join(
+            f"{name}: {value}\r\n"
+            for name, value in headers.items()
+            if name.lower() not in ("host", "range", "accept-encoding", "connection")
+        )
+        self._agent = "" if "user-agent" in names else "User-Agent: astream\r\n"
+        self._idle: dict[_Key, list[_Conn]] = {}
+        self._slots = asyncio.Semaphore(connections)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._ssl = ssl_context
+
+    async def get_into(self, url: str, start: int, end: int, fd: int) -> bool:
+        """``pwrite`` bytes ``[start, end)`` of ``url`` at offset ``start`` of ``fd``.
+
+        :returns: ``True`` when written; ``False`` when the answer is not a plain ``206``
+            (nothing written: ask again through a full HTTP client).
+        :raises HTTPStatusError: an error status (classified by the retry loop).
+        :raises TruncatedBody: the connection closed before the whole range arrived.
+        :raises TimeoutError: no byte arrived for ``read_timeout`` seconds.
+        """
+        parts = urllib.parse.urlsplit(url)
+        https = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if https else 80)
+        key: _Key = (parts.scheme, host, port)
+        target = parts.path or "/"
+        if parts.query:
+            target += f"?{parts.query}"
+        authority = parts.netloc.rpartition("@")[2]
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nRange: bytes={start}-{end - 1}\r\n"
+            f"Accept-Encoding: identity\r\n{self._agent}{self._extra}\r\n"
+        ).encode("latin-1")
+        async with self._slots:
+            for _ in range(2):
+                conn, reused = await self._acquire(key, https)
+                try:
+                    head = await self._run(conn, request, fd, start, end)
+                except ConnectionResetError:
+                    conn.abort()
+                    if reused and not conn.received_any:
+                        # A kept-alive connection the server had closed: one fresh try,
+                        # which is not a retry of ours (RFC 9112 9.3.1).
+                        continue
+                    raise
+                except BaseException:
+                    conn.abort()
+                    raise
+                if head is None:
+                    if conn.reusable:
+                        self._idle.setdefault(key, []).append(conn)
+                    else:
+                        conn.abort()
+                    return True
+                conn.abort()
+                return self._refuse(head, url, start, end)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @staticmethod
+    def _refuse(head: _Head, url: str, start: int, end: int) -> bool:
+        if head.status == 416:
+            raise StorageError(f"range [{start}, {end}) is past the end of {url}")
+        if head.status >= 400:
+            raise HTTPStatusError(head.status, head.reason, url)
+        return False
+
+    async def _acquire(self, key: _Key, https: bool) -> tuple[_Conn, bool]:
+        idle = self._idle.get(key, [])
+        while idle:
+            conn = idle.pop()
+            if (
+                conn.mode == "idle"
+                and conn.transport is not None
+                and not conn.transport.is_closing()
+            ):
+                return conn, True
+        loop = asyncio.get_running_loop()
+        conn = _Conn(key)
+        context = None
+        if https:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        connect = loop.create_connection(
+            lambda: conn,
+            key[1],
+            key[2],
+            ssl=context,
+            server_hostname=key[1] if context is not None else None,
+        )
+        try:
+            await asyncio.wait_for(connect, self._connect_timeout)
+        except BaseException:
+            conn.abort()
+            raise
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, False
+
+    async def _run(
+        self, conn: _Conn, request: bytes, fd: int, start: int, end: int
+    ) -> _Head | None:
+        waiter = conn.begin(request, fd, start, end)
+        timeout = self._read_timeout
+        if timeout is None:
+            return await waiter
+        while True:
+            seen = conn.progress
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except asyncio.TimeoutError:
+                if waiter.done():
+                    return waiter.result()
+                if conn.progress == seen:
+                    raise asyncio.TimeoutError(
+                        f"no data from {conn.key[1]}:{conn.key[2]} for {timeout} s"
+                    ) from None
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.abort()
+        self._idle.clear()
