@@ -9,6 +9,7 @@ locks, so every process and loop of a node shares them safely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from astream.engine.table import ShardTable
 from astream.format import decode_sample, offsets_range, parse_offsets, payload_basename
 from astream.storage import Store, open_store
 
-__all__ = ["Counters", "EngineStatistics", "Fetcher", "make_caches"]
+__all__ = ["LEAD_WAIT", "Counters", "EngineStatistics", "Fetcher", "make_caches"]
+
+#: Longest wait (seconds) of other downloads for a lead download's first bytes.
+LEAD_WAIT = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +142,8 @@ class Fetcher:
         self._stores: dict[int, Store] = {}
         self._semaphore: asyncio.Semaphore | None = None
         self._offsets: dict[int, NDArray[Any]] = {}
+        # Set once the first bytes of a lead download have landed (see fetch_shard's lead).
+        self._gate: asyncio.Event | None = None
         counters.store_retries = self._retries
         counters.caches = caches
 
@@ -163,14 +169,47 @@ class Fetcher:
         *,
         on_raw_started: Callable[[Path], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        lead: bool = False,
     ) -> Path:
-        """Make shard ``shard`` local (downloaded at most once per node) and return its path."""
+        """Make shard ``shard`` local (downloaded at most once per node) and return its path.
+
+        :param lead: the shard a consumer waits on first, read as its bytes land
+            (``on_progress``). Until its first bytes are on disk, other downloads of this
+            fetcher wait (at most :data:`LEAD_WAIT` seconds) rather than share the link with
+            it: the first sample then costs one small request, not a share of the whole window.
+        """
         info = self.table.shards[shard]
         cache = self.cache_of(shard)
         if cache.is_ready(info):
             self.counters.add("cache_hits")
             cache.touch(info)
             return cache.raw_path(info)
+        if lead and on_progress is not None:
+            gate = self._gate = asyncio.Event()
+            inner = on_progress
+
+            def on_progress(start: int, end: int) -> None:
+                gate.set()
+                inner(start, end)
+
+            try:
+                return await self._fetch(shard, on_raw_started, on_progress)
+            finally:
+                gate.set()
+        waiting = self._gate
+        if waiting is not None and not waiting.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(waiting.wait(), LEAD_WAIT)
+        return await self._fetch(shard, on_raw_started, on_progress)
+
+    async def _fetch(
+        self,
+        shard: int,
+        on_raw_started: Callable[[Path], None] | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> Path:
+        info = self.table.shards[shard]
+        cache = self.cache_of(shard)
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._max_downloads)
         stream = int(self.table.shard_stream[shard])

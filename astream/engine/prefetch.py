@@ -320,6 +320,7 @@ def iter_sync(
             shard,
             on_raw_started=partial.started if partial else None,
             on_progress=partial.landed if partial else None,
+            lead=not futures,  # the first shard of this iteration
         )
         futures[shard] = loop.submit(_tracked(fetch, running))
         if partial is not None:
