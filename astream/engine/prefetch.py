@@ -156,6 +156,11 @@ class _Partial:
             self.ends[i:j] = [end]
             self.cond.notify_all()
 
+    def complete(self, size: int) -> bool:
+        """Whether every byte of a ``size``-byte shard has landed."""
+        with self.cond:
+            return self._covered(0, size)
+
     def _covered(self, start: int, end: int) -> bool:
         i = bisect.bisect_right(self.starts, start) - 1
         return i >= 0 and self.ends[i] >= end
@@ -288,6 +293,8 @@ async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
 
 #: Seconds a closing iterator waits for its cancelled downloads to remove their temp files.
 _SETTLE_TIMEOUT = 10.0
+#: Seconds a closing iterator waits for downloads whose bytes have all landed to complete.
+_LANDED_TIMEOUT = 5.0
 
 
 def iter_sync(
@@ -399,6 +406,15 @@ def iter_sync(
             yield reader[index]
     finally:
         counters.add("samples", yielded)
+        # A download whose bytes have all landed (its last samples were read early) only lacks
+        # its rename into the cache: let it finish rather than throw the shard away.
+        landed = [
+            futures[shard]
+            for shard, partial in partials.items()
+            if not futures[shard].done() and partial.complete(int(table.fetch_bytes[shard]))
+        ]
+        if landed and not loop.closed:
+            concurrent.futures.wait(landed, timeout=_LANDED_TIMEOUT)
         # Stop the window's downloads and wait for them to clean up, so that nothing writes into
         # the cache after the consumer has let go (a caller may delete the directory next).
         if any(not f.done() for f in futures.values()) and not loop.closed:

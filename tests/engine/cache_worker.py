@@ -28,19 +28,8 @@ from astream.storage.base import ProgressCallback, Store, TransferConfig
 from astream.storage.local import LocalStore
 
 
-class CountingStore(LocalStore):
-    """A local directory served the way remote stores serve it: concurrent ranged reads.
-
-    Every download appends its key to ``log`` (``O_APPEND`` writes of one line are atomic, so
-    several processes can share the log). ``delay`` seconds pass before each ranged read.
-    """
-
-    def __init__(
-        self, url: str | Path, log: Path, *, delay: float = 0.0, part_size: int = 4096
-    ) -> None:
-        super().__init__(str(url), transfer=TransferConfig(part_size=part_size, concurrency=2))
-        self.log = log
-        self.delay = delay
+class RangedLocalStore(LocalStore):
+    """A local directory downloaded the way remote stores are: concurrent ranged reads."""
 
     async def download(
         self,
@@ -53,6 +42,24 @@ class CountingStore(LocalStore):
         self._note(key)
         # The generic ranged download (LocalStore's own is one kernel-side copy).
         return await Store.download(self, key, dest, size=size, on_progress=on_progress)
+
+    def _note(self, key: str) -> None:
+        """Called as each download starts (subclasses log it)."""
+
+
+class CountingStore(RangedLocalStore):
+    """A local directory served the way remote stores serve it: concurrent ranged reads.
+
+    Every download appends its key to ``log`` (``O_APPEND`` writes of one line are atomic, so
+    several processes can share the log). ``delay`` seconds pass before each ranged read.
+    """
+
+    def __init__(
+        self, url: str | Path, log: Path, *, delay: float = 0.0, part_size: int = 4096
+    ) -> None:
+        super().__init__(str(url), transfer=TransferConfig(part_size=part_size, concurrency=2))
+        self.log = log
+        self.delay = delay
 
     async def read(self, key: str) -> bytes:
         self._note(key)  # a whole read is a download too (indexes are fetched this way)

@@ -7,26 +7,24 @@ logged) shows the order of requests as the engine issues them.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cache_worker import RangedLocalStore
 from datasets import check_sample, write_mds
 
 from astream import StreamingDataset
 from astream.storage import RetryConfig, TransferConfig, register_store
-from astream.storage.base import ProgressCallback, Store
-from astream.storage.local import LocalStore
 
 SCHEME = "slowlog"
 LOG: list[tuple[str, str, int, float]] = []  # (event, key, start, time)
 LOCK = threading.Lock()
 
 
-class SlowLoggingStore(LocalStore):
+class SlowLoggingStore(RangedLocalStore):
     """A local directory read the way remote stores are: small ranged requests, each slow."""
 
     def __init__(
@@ -35,17 +33,6 @@ class SlowLoggingStore(LocalStore):
         del transfer  # small parts and a small head, whatever the dataset asks
         parts = TransferConfig(part_size=8192, concurrency=2, head_part_size=2048)
         super().__init__(url.removeprefix(f"{SCHEME}://"), retry=retry, transfer=parts)
-
-    async def download(
-        self,
-        key: str,
-        dest: str | os.PathLike[str],
-        *,
-        size: int | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> int:
-        # The generic ranged download (LocalStore's own is one kernel-side copy).
-        return await Store.download(self, key, dest, size=size, on_progress=on_progress)
 
     async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
         with LOCK:
