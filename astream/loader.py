@@ -31,24 +31,49 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
     """A ``torch.utils.data.DataLoader`` that counts the samples it yields, for exact resume.
 
     Takes DataLoader's arguments. Each ``iter()`` starts the dataset's next epoch in this process
-    and hands it to the workers, so epochs advance with any ``num_workers`` and without
-    ``persistent_workers``. :meth:`state_dict` counts samples across all ranks (each rank
-    yields the same number per step), which is what the dataset needs to resume mid-epoch.
+    and hands it to the workers, so epochs advance with any ``num_workers``, with or without
+    ``persistent_workers`` (persistent workers are restarted when a ``load_state_dict`` or
+    ``set_epoch`` moves the dataset off their own sequence). :meth:`state_dict` counts samples
+    across all ranks (each rank yields the same number per step), which is what the dataset
+    needs to resume mid-epoch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.num_samples_yielded = 0
+        # The (epoch, start) handed to the running persistent workers, if any.
+        self._workers_claim: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         dataset = self.dataset
         if isinstance(dataset, StreamingDataset) and self.num_workers > 0:
             # Workers get a pickled copy: decide the epoch here, where it persists.
-            dataset._claimed = dataset._claim_epoch()
+            claim = dataset._claim_epoch()
+            dataset._claimed = claim
+            self._restart_stale_workers(claim)
+            self._workers_claim = claim
         self.num_samples_yielded = 0
         for batch in super().__iter__():
             self.num_samples_yielded += _batch_len(batch)
             yield batch
+
+    def _restart_stale_workers(self, claim: tuple[int, int]) -> None:
+        """Shut down persistent workers that would not run ``claim`` by themselves.
+
+        Persistent workers keep the dataset copy they started with and advance its epoch on
+        their own, one per iteration. After a ``load_state_dict`` or ``set_epoch`` that breaks
+        that sequence, they are restarted, so they start from a fresh copy that carries it.
+        """
+        iterator = getattr(self, "_iterator", None)
+        previous = self._workers_claim
+        if not self.persistent_workers or iterator is None or previous is None:
+            return
+        if claim == (previous[0] + 1, 0):
+            return
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None
 
     def state_dict(self) -> dict[str, Any] | None:
         """The dataset's state at the samples consumed so far (``None`` for other datasets)."""

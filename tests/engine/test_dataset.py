@@ -363,3 +363,30 @@ def test_empty_shards_are_read_past(tmp_path: Path) -> None:
     samples = list(dataset)
     assert len(samples) == 36
     assert int(dataset[0]["id"]) == 0 and len(dataset[0]["data"]) == 2000
+
+
+def test_persistent_workers_follow_set_epoch_and_resume(dataset_dir: Path) -> None:
+    dataset = StreamingDataset(local=dataset_dir, shuffle=True, batch_size=8)
+    loader = StreamingDataLoader(
+        dataset,
+        batch_size=8,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context="spawn",
+    )
+
+    def epoch() -> list[int]:
+        return [i for batch in batches_of_ids(loader) for i in batch]
+
+    assert epoch() == loader_order(dataset, 0, 0, 2, 8)
+    workers = loader._iterator
+    assert epoch() == loader_order(dataset, 1, 0, 2, 8)
+    assert loader._iterator is workers  # the same workers ran both epochs
+    dataset.set_epoch(5)
+    assert epoch() == loader_order(dataset, 5, 0, 2, 8)
+    # A checkpoint of another run, 64 samples into epoch 2.
+    state = dataset.state_dict(64)
+    state["epoch"] = 2
+    loader.load_state_dict(state)
+    assert epoch() == loader_order(dataset, 2, 64, 2, 8)
+    assert epoch() == loader_order(dataset, 3, 0, 2, 8)
