@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from astream.engine.loop import IOLoop, io_loop
-from astream.errors import StorageError
+from astream.errors import ObjectNotFoundError, StorageError
 from astream.format import writer as _format
 from astream.format.index import INDEX_BASENAME
 from astream.storage import RetryConfig, Store, open_store
@@ -111,6 +111,23 @@ class _Uploads:
         if failure is not None:
             self.close(cancel=True)
             raise failure
+
+    def require_empty(self) -> None:
+        """Raise :class:`FileExistsError` if the remote already holds objects."""
+
+        async def keys() -> list[str]:
+            try:
+                return await self.store.list()
+            except ObjectNotFoundError:  # no bucket or container yet: nothing in it either
+                return []
+
+        found = self.loop.run(keys())
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise FileExistsError(
+                f"remote is not empty: {self.store.url} holds {found[0]!r}{more} "
+                "(pass exist_ok=True to write over it)"
+            )
 
     def submit(self, basename: str, path: Path) -> None:
         """Start uploading ``path`` as ``basename``; blocks while ``max_workers`` are in flight."""
@@ -263,6 +280,9 @@ class _UploadingWriter(_format.ShardWriter):
                     keep_local=keep_local,
                     progress_bar=progress_bar,
                 )
+                if not kwargs.get("exist_ok", False):
+                    # As for a local ``out``: never mix a new dataset into an old one.
+                    self._uploads.require_empty()
             super().__init__(
                 out=local,
                 keep_local=keep_local,

@@ -9,6 +9,7 @@ and records, holds or fails uploads.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -474,3 +475,25 @@ def test_writer_waits_when_uploads_fall_behind(probe_remote: tuple[Path, dict[st
     assert not errors
     assert probe.peak == max_workers
     assert len(list(root.iterdir())) == 20 + 1  # every shard, then the index
+
+
+def test_a_remote_that_holds_objects_is_refused_unless_exist_ok(
+    bucket_url: str, moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    options = moto_s3.store_options()
+    columns = {"id": "int", "text": "str", "score": "float64"}
+    write_all(
+        writers.MDSWriter(out=bucket_url, columns=columns, storage_options=options),
+        make_samples("first", 5),
+    )
+    before = remote_files(bucket_url, **options)
+    with pytest.raises(FileExistsError, match=r"remote is not empty: s3://.*index\.json"):
+        writers.MDSWriter(out=bucket_url, columns=columns, storage_options=options)
+    assert remote_files(bucket_url, **options) == before
+    write_all(
+        writers.MDSWriter(out=bucket_url, columns=columns, storage_options=options, exist_ok=True),
+        make_samples("second", 7),
+    )
+    after = remote_files(bucket_url, **options)
+    assert after["index.json"] != before["index.json"]
+    assert json.loads(after["index.json"])["shards"][0]["samples"] == 7
