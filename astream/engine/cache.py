@@ -49,7 +49,7 @@ from typing import Any
 import anyio.to_thread
 
 from astream.engine._locks import FileLock
-from astream.errors import CacheError, FormatError, ShardCorruptError
+from astream.errors import AstreamError, CacheError, FormatError, ShardCorruptError
 from astream.format.codecs import decompress_file
 from astream.format.hashing import hash_file
 from astream.format.index import FileInfo, ShardInfo
@@ -283,16 +283,26 @@ class ShardCache:
                 )
             for raw, zip_info in _file_pairs(shard):
                 is_data = raw is shard.raw
-                await self._fetch_file(
-                    store,
-                    shard,
-                    raw,
-                    zip_info,
-                    validate_hash=validate_hash,
-                    keep_zip=keep_zip,
-                    on_raw_started=on_raw_started if is_data else None,
-                    on_progress=on_progress if is_data else None,
-                )
+                try:
+                    await self._fetch_file(
+                        store,
+                        shard,
+                        raw,
+                        zip_info,
+                        validate_hash=validate_hash,
+                        keep_zip=keep_zip,
+                        on_raw_started=on_raw_started if is_data else None,
+                        on_progress=on_progress if is_data else None,
+                    )
+                except OSError as exc:
+                    if isinstance(exc, AstreamError):
+                        raise
+                    # A local write failed (a full disk, a quota, a read-only cache): say
+                    # where, and which shard; _fetch_file has removed its temporary files.
+                    raise CacheError(
+                        f"cannot write shard {raw.basename} into the cache at {self.root}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
             self._count(misses=1)
             self.touch(shard)
         finally:

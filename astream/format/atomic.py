@@ -21,6 +21,13 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:
+            # A failed write names no file ("[Errno 28] No space left on device"): name it.
+            # OSError(errno, ...) keeps the subclass (PermissionError for EACCES, ...).
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
