@@ -9,8 +9,8 @@ into the page cache, as a plain socket copy does.
 
 Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Range`` starts at
 the asked offset and whose ``Content-Length`` is the asked length, with no transfer or content
-coding. Error statuses raise what the aiohttp path raises (through the shared retry
-classification). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
+coding. Error statuses raise through the shared retry classification, as the aiohttp path's
+do (the same error types: 404 is ``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
 chunked body) makes :meth:`RawHTTP.get_into` return ``False`` before any byte is written, and
 the caller asks again through aiohttp, which speaks the rest of HTTP.
 
@@ -27,7 +27,6 @@ import ssl
 import urllib.parse
 from collections.abc import Mapping
 
-from astream.errors import StorageError
 from astream.storage._retry import TruncatedBody
 from astream.storage._transfer import pwrite_all
 
@@ -52,7 +51,9 @@ class HTTPStatusError(Exception):
     """A non-success status; the retry loop classifies it by :attr:`status`."""
 
     def __init__(self, status: int, reason: str, url: str) -> None:
-        super().__init__(f"HTTP {status} {reason} from {url}".replace("  ", " "))
+        super().__init__(
+            f"HTTP {status} {reason} from {url}" if reason else f"HTTP {status} from {url}"
+        )
         self.status = status
         self.message = reason
 
@@ -99,7 +100,6 @@ class _Conn(asyncio.BufferedProtocol):
         #: "idle" (between requests), "head", "body", "closed".
         self.mode = "idle"
         self.waiter: asyncio.Future[_Head | None] | None = None
-        self.response: _Head | None = None
         self.reusable = False
         self.fd = -1
         self.start = 0  # the range asked for, to check the answer against
@@ -163,7 +163,6 @@ class _Conn(asyncio.BufferedProtocol):
         self.mode = "head"
         self.head_len = 0
         self.filled = 0
-        self.response = None
         self.received_any = False
         self.fd, self.start, self.want = fd, start, end - start
         self.offset, self.todo = start, end - start
@@ -180,7 +179,6 @@ class _Conn(asyncio.BufferedProtocol):
                 raise ConnectionError(f"response headers longer than {_HEAD_LIMIT} bytes")
             return
         head = _Head(bytes(self.head[:at]))
-        self.response = head
         self.reusable = head.keeps_alive()
         if not self._expected(head):
             # Not ours to read: stop receiving and let the caller decide. The connection is
@@ -323,14 +321,13 @@ class RawHTTP:
                         conn.abort()
                     return True
                 conn.abort()
-                return self._refuse(head, url, start, end)
+                return self._refuse(head, url)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @staticmethod
-    def _refuse(head: _Head, url: str, start: int, end: int) -> bool:
-        if head.status == 416:
-            raise StorageError(f"range [{start}, {end}) is past the end of {url}")
+    def _refuse(head: _Head, url: str) -> bool:
         if head.status >= 400:
+            # The retry loop's classification turns it into the error every backend raises.
             raise HTTPStatusError(head.status, head.reason, url)
         return False
 

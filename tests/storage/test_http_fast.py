@@ -267,3 +267,22 @@ async def test_https_with_a_private_ca(
     async with HTTPStore(server.url, transfer=PARTS, retry=retry) as store:
         with pytest.raises(StorageError, match=r"(?i)certificate"):
             await _download(store, tmp_path)
+
+
+async def test_a_range_past_the_end_is_final(
+    serve: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    async def unsatisfiable(request: web.Request) -> web.StreamResponse:
+        start, _ = _range(request)
+        if start >= len(DATA):
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(DATA)}"})
+        return await ranged(request)
+
+    server = await serve({"/data.bin": unsatisfiable})
+    # Two parts: the whole object, then a range that starts at its end.
+    whole = TransferConfig(part_size=len(DATA), concurrency=1, head_part_size=0)
+    async with HTTPStore(server.url, transfer=whole) as store:
+        with pytest.raises(StorageError, match=r"past the end of .*data\.bin"):
+            await store.download("data.bin", tmp_path / "out.bin", size=2 * len(DATA))
+        assert store.retries == 0
+    assert len(server.requests) == 2  # the 416 is final at once: not asked again
