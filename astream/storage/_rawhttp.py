@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for the request that moves most bytes: a ranged GET into a file.
+"""A lean HTTP/1.1 client for the requests that move most bytes: ranged GETs into files.
 
 aiohttp's response parser copies every body chunk it receives (the socket's bytes are sliced
 into a new object, then queued in a stream reader): on a fast link that copy, not the network,
@@ -7,12 +7,16 @@ machine). Here an :class:`asyncio.BufferedProtocol` receives the body straight i
 buffer per connection and ``pwrite``\\ s it at its offset: one copy out of the socket and one
 into the page cache, as a plain socket copy does.
 
+It also reads a range or a whole object into memory (:meth:`RawHTTP.get_bytes`), receiving
+straight into the result's buffer: the S3 store sends its signed reads this way.
+
 Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Range`` starts at
-the asked offset and whose ``Content-Length`` is the asked length, with no transfer or content
-coding. Error statuses raise through the shared retry classification, as the aiohttp path's
+the asked offset and whose ``Content-Length`` is the asked length (for a whole read, ``200``
+with a ``Content-Length``), with no transfer or content coding. Error statuses raise through the shared retry classification, as the aiohttp path's
 do (the same error types: 404 is ``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
-chunked body) makes :meth:`RawHTTP.get_into` return ``False`` before any byte is written, and
-the caller asks again through aiohttp, which speaks the rest of HTTP.
+chunked body) makes :meth:`RawHTTP.get_into` return ``False`` (:meth:`RawHTTP.get_bytes`
+``None``) before any byte is written, and the caller asks again through a full client (aiohttp,
+an SDK), which speaks the rest of HTTP.
 
 Connections are kept alive and reused per ``(scheme, host, port)``; every callback runs on the
 loop thread, and a request that ends early (error, timeout, cancellation) aborts its connection
@@ -38,6 +42,8 @@ _HEAD_LIMIT = 64 << 10
 _BODY_BUFFER = 1 << 20
 
 _Key = tuple[str, str, int]
+# Headers this client writes itself; callers' values for them are dropped.
+_OWN_HEADERS = frozenset({"host", "range", "accept-encoding", "connection"})
 
 
 def check_headers(headers: Mapping[str, str]) -> None:
@@ -102,6 +108,12 @@ class _Conn(asyncio.BufferedProtocol):
         self.waiter: asyncio.Future[_Head | None] | None = None
         self.reusable = False
         self.fd = -1
+        #: The body's destination in memory mode (``fd`` is -1 then), allocated once known.
+        self.memory: bytearray | None = None
+        self.memory_view: memoryview | None = None
+        #: A whole-object read: any length, answered with 200 instead of 206.
+        self.whole = False
+        self.in_memory = False
         self.start = 0  # the range asked for, to check the answer against
         self.want = 0
         self.offset = 0  # file offset of body[0]
@@ -117,6 +129,9 @@ class _Conn(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.mode == "body":
+            if self.memory_view is not None:
+                got = self.want - self.todo
+                return self.memory_view[got:]
             stop = self.filled + min(len(self.body) - self.filled, self.todo)
             return self.body_view[self.filled : stop]
         if self.head_len >= len(self.head):
@@ -158,14 +173,22 @@ class _Conn(asyncio.BufferedProtocol):
 
     # -- the request ---------------------------------------------------------------------------
 
-    def begin(self, request: bytes, fd: int, start: int, end: int) -> asyncio.Future[_Head | None]:
+    def begin(
+        self, request: bytes, fd: int, start: int, end: int | None
+    ) -> asyncio.Future[_Head | None]:
+        """Send ``request``; its body goes to ``fd`` at ``start``, or into memory when ``fd``
+        is -1. ``end=None`` asks for the whole object (length from the answer)."""
         assert self.transport is not None
         self.mode = "head"
         self.head_len = 0
         self.filled = 0
         self.received_any = False
-        self.fd, self.start, self.want = fd, start, end - start
-        self.offset, self.todo = start, end - start
+        self.memory = self.memory_view = None
+        self.in_memory = fd < 0
+        self.whole = end is None
+        want = 0 if end is None else end - start
+        self.fd, self.start, self.want = fd, start, want
+        self.offset, self.todo = start, want
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self.waiter
@@ -190,18 +213,26 @@ class _Conn(asyncio.BufferedProtocol):
             self._resolve(head)
             return
         self.mode = "body"
+        if self.whole:
+            self.want = self.todo = int(head.headers["content-length"])
+        if self.in_memory:
+            self.memory = bytearray(self.want)
+            self.memory_view = memoryview(self.memory)
         early = self.head_view[at + 4 : self.head_len]
         if len(early) > self.todo:
             raise ConnectionError(f"more than the {self.want} bytes asked for")
         if early:
-            pwrite_all(self.fd, early, self.offset)
-            self.offset += len(early)
+            if self.memory is not None:
+                self.memory[: len(early)] = early
+            else:
+                pwrite_all(self.fd, early, self.offset)
+                self.offset += len(early)
             self.todo -= len(early)
         if self.todo == 0:
             self._finish()
 
     def _expected(self, head: _Head) -> bool:
-        if head.status != 206:
+        if head.status != (200 if self.whole else 206):
             return False
         headers = head.headers
         if "transfer-encoding" in headers:
@@ -209,13 +240,22 @@ class _Conn(asyncio.BufferedProtocol):
         if headers.get("content-encoding", "identity").lower() not in ("", "identity"):
             return False
         length = headers.get("content-length", "")
-        if not length.isdigit() or int(length) != self.want:
+        if not length.isdigit():
+            return False
+        if self.whole:
+            return True
+        if int(length) != self.want:
             return False
         unit, _, spec = headers.get("content-range", "").partition(" ")
         first, dash, _rest = spec.partition("-")
         return unit == "bytes" and bool(dash) and first.isdigit() and int(first) == self.start
 
     def _body(self, nbytes: int) -> None:
+        if self.memory is not None:
+            self.todo -= nbytes
+            if self.todo == 0:
+                self._finish()
+            return
         self.filled += nbytes
         self.todo -= nbytes
         if self.filled == len(self.body) or self.todo == 0:
@@ -268,7 +308,7 @@ class RawHTTP:
         self._extra = "".join(
             f"{name}: {value}\r\n"
             for name, value in headers.items()
-            if name.lower() not in ("host", "range", "accept-encoding", "connection")
+            if name.lower() not in _OWN_HEADERS
         )
         self._agent = "" if "user-agent" in names else "User-Agent: astream\r\n"
         self._idle: dict[_Key, list[_Conn]] = {}
@@ -277,15 +317,46 @@ class RawHTTP:
         self._read_timeout = read_timeout
         self._ssl = ssl_context
 
-    async def get_into(self, url: str, start: int, end: int, fd: int) -> bool:
+    async def get_into(
+        self, url: str, start: int, end: int, fd: int, headers: Mapping[str, str] | None = None
+    ) -> bool:
         """``pwrite`` bytes ``[start, end)`` of ``url`` at offset ``start`` of ``fd``.
 
+        :param headers: sent with this request only (a signature), after the store's own.
         :returns: ``True`` when written; ``False`` when the answer is not a plain ``206``
             (nothing written: ask again through a full HTTP client).
         :raises HTTPStatusError: an error status (classified by the retry loop).
         :raises TruncatedBody: the connection closed before the whole range arrived.
         :raises TimeoutError: no byte arrived for ``read_timeout`` seconds.
         """
+        if start >= end:
+            raise ValueError(f"empty or bad range [{start}, {end}) for {url}")
+        done = await self._request(url, headers, fd, start, end)
+        return done is not None
+
+    async def get_bytes(
+        self,
+        url: str,
+        start: int = 0,
+        end: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes | None:
+        """Bytes ``[start, end)`` of ``url`` (``end=None``: the whole object) in memory.
+
+        :returns: the body; ``None`` when the answer is not the plain one (a ``206`` with
+            exactly that range, or a ``200`` with a ``Content-Length`` for a whole read).
+        :raises: as :meth:`get_into`.
+        """
+        if end is not None and start >= end:
+            raise ValueError(f"empty or bad range [{start}, {end}) for {url}")
+        if end is None and start:
+            raise ValueError("a whole read starts at 0")
+        return await self._request(url, headers, -1, start, end)
+
+    async def _request(
+        self, url: str, headers: Mapping[str, str] | None, fd: int, start: int, end: int | None
+    ) -> bytes | None:
+        """One GET; the body as bytes (memory mode), ``b""`` (file mode) or ``None`` (refused)."""
         parts = urllib.parse.urlsplit(url)
         https = parts.scheme == "https"
         host = parts.hostname or ""
@@ -295,9 +366,18 @@ class RawHTTP:
         if parts.query:
             target += f"?{parts.query}"
         authority = parts.netloc.rpartition("@")[2]
+        extra = self._extra
+        if headers:
+            check_headers(headers)
+            extra += "".join(
+                f"{name}: {value}\r\n"
+                for name, value in headers.items()
+                if name.lower() not in _OWN_HEADERS
+            )
+        ranged = f"Range: bytes={start}-{end - 1}\r\n" if end is not None else ""
         request = (
-            f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nRange: bytes={start}-{end - 1}\r\n"
-            f"Accept-Encoding: identity\r\n{self._agent}{self._extra}\r\n"
+            f"GET {target} HTTP/1.1\r\nHost: {authority}\r\n{ranged}"
+            f"Accept-Encoding: identity\r\n{self._agent}{extra}\r\n"
         ).encode("latin-1")
         async with self._slots:
             for _ in range(2):
@@ -315,21 +395,23 @@ class RawHTTP:
                     conn.abort()
                     raise
                 if head is None:
+                    body = bytes(conn.memory) if conn.memory is not None else b""
+                    conn.memory = conn.memory_view = None
                     if conn.reusable:
                         self._idle.setdefault(key, []).append(conn)
                     else:
                         conn.abort()
-                    return True
+                    return body
                 conn.abort()
-                return self._refuse(head, url)
+                self._refuse(head, url)
+                return None
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @staticmethod
-    def _refuse(head: _Head, url: str) -> bool:
+    def _refuse(head: _Head, url: str) -> None:
         if head.status >= 400:
             # The retry loop's classification turns it into the error every backend raises.
             raise HTTPStatusError(head.status, head.reason, url)
-        return False
 
     async def _acquire(self, key: _Key, https: bool) -> tuple[_Conn, bool]:
         idle = self._idle.get(key, [])
@@ -367,7 +449,7 @@ class RawHTTP:
         return conn, False
 
     async def _run(
-        self, conn: _Conn, request: bytes, fd: int, start: int, end: int
+        self, conn: _Conn, request: bytes, fd: int, start: int, end: int | None
     ) -> _Head | None:
         waiter = conn.begin(request, fd, start, end)
         timeout = self._read_timeout

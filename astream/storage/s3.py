@@ -10,29 +10,44 @@ required, which S3-compatible servers need.
 Public buckets: ``unsigned=True``, or ``AWS_NO_SIGN_REQUEST=1`` in the environment.
 Requester-pays buckets: ``requester_pays=True``, or the bucket named in
 ``MOSAICML_STREAMING_AWS_REQUESTER_PAYS`` (comma-separated, as mosaicml-streaming reads it).
+
+Reads (whole objects, ranges, the parts of a download) are signed with botocore and sent
+through astream's lean HTTP client (:mod:`astream.storage._s3direct`) where that sends exactly
+what the SDK would; everything else, and every read the direct path cannot answer plainly,
+goes through aiobotocore. ``direct_reads=False`` sends every request through aiobotocore.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import anyio.to_thread
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from typing import Any, TypeVar
 
 from astream.errors import StorageError
+from astream.storage._rawhttp import HTTPStatusError
 from astream.storage._retry import TruncatedBody
-from astream.storage._transfer import part_ranges
+from astream.storage._s3direct import SDK_STATUSES, DirectReads, direct_blocker, resolve
+from astream.storage._transfer import part_ranges, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
 
 __all__ = ["S3Store"]
+
+# aiobotocore is imported when a request first needs it (most reads do not: see
+# astream.storage._s3direct), but its absence is reported when the backend is chosen, as
+# for every other backend (the registry turns this into "pip install 'astream[s3]'").
+for _name in ("aiobotocore", "botocore"):
+    if importlib.util.find_spec(_name) is None:
+        raise ModuleNotFoundError(f"No module named {_name!r}", name=_name)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _TRUE = ("1", "true", "yes", "on")
@@ -60,6 +75,8 @@ def _session(profile: str | None) -> Any:
     with _sessions_lock:
         session = _sessions.get(profile)
         if session is None:
+            from aiobotocore.session import get_session
+
             session = get_session()
             if profile:
                 session.set_config_variable("profile", profile)
@@ -82,10 +99,12 @@ class S3Store(Store):
     :param aws_secret_access_key: explicit credentials.
     :param aws_session_token: explicit credentials.
     :param profile: a profile from ``~/.aws/config``.
+    :param direct_reads: sign reads with botocore and send them through astream's own HTTP
+        client where it can send what the SDK would (default); ``False``: always aiobotocore.
     """
 
     schemes = ("s3",)
-    _live_attributes = ("_client", "_client_loop", "_client_stack")
+    _live_attributes = ("_client", "_client_loop", "_client_stack", "_direct", "_direct_state")
 
     def __init__(
         self,
@@ -103,6 +122,7 @@ class S3Store(Store):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         profile: str | None = None,
+        direct_reads: bool = True,
     ) -> None:
         super().__init__(url, retry=retry, transfer=transfer)
         self.bucket, self.prefix = _split(self.url)
@@ -128,6 +148,10 @@ class S3Store(Store):
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._client_stack: contextlib.AsyncExitStack | None = None
+        self.direct_reads = direct_reads
+        self._direct: DirectReads | None = None
+        #: ``None`` until the direct path was considered, then "on" or why it is off.
+        self._direct_state: str | None = None
 
     def _object_key(self, key: str) -> str:
         key = key.lstrip("/")
@@ -156,6 +180,8 @@ class S3Store(Store):
             # S3-compatible servers reject or mishandle the newer default checksums.
             extra["request_checksum_calculation"] = "when_required"
             extra["response_checksum_validation"] = "when_required"
+        from aiobotocore.config import AioConfig
+
         config = AioConfig(
             connect_timeout=self.retry.connect_timeout,
             read_timeout=self.retry.read_timeout,
@@ -181,7 +207,69 @@ class S3Store(Store):
         self._client, self._client_loop, self._client_stack = client, loop, stack
         return client
 
+    async def _get_direct(self) -> DirectReads | None:
+        """The direct read path, or ``None`` when reads go through the SDK."""
+        direct = self._direct
+        if direct is None:
+            if not self.direct_reads or self._direct_state is not None:
+                return None
+            # Credentials may come from the network (instance roles): resolve off the loop.
+            session, credentials = await asyncio.to_thread(
+                resolve, profile=self.profile, explicit=self._credentials, unsigned=self.unsigned
+            )
+            if self._direct is not None:  # another request resolved it meanwhile
+                direct = self._direct
+            else:
+                blocker = direct_blocker(session, self.bucket, self.endpoint_url)
+                if blocker is None and credentials is None and not self.unsigned:
+                    blocker = "no credentials found (the SDK reports it)"
+                if blocker is not None:
+                    self._direct_state = blocker
+                    log.debug("%s: reads go through aiobotocore: %s", self.url, blocker)
+                    return None
+                direct = DirectReads(
+                    bucket=self.bucket,
+                    region=self.region or session.get_config_variable("region") or "us-east-1",
+                    endpoint_url=self.endpoint_url,
+                    addressing_style=self.addressing_style,
+                    credentials=credentials,
+                    requester_pays=self.requester_pays,
+                    ca_bundle=os.environ.get("AWS_CA_BUNDLE")
+                    or session.get_config_variable("ca_bundle"),
+                    connections=self.connections,
+                    connect_timeout=self.retry.connect_timeout,
+                    read_timeout=self.retry.read_timeout,
+                )
+                self._direct, self._direct_state = direct, "on"
+        return None if direct.disabled else direct
+
+    async def _read_attempt(
+        self,
+        direct_call: Callable[[DirectReads], Awaitable[T | None]],
+        sdk_call: Callable[[], Awaitable[T]],
+    ) -> T:
+        """One try of a read: the direct path, else (or when it is refused) the SDK."""
+        direct = await self._get_direct()
+        if direct is None:
+            return await sdk_call()
+        try:
+            result = await direct_call(direct)
+        except HTTPStatusError as exc:
+            if exc.status not in SDK_STATUSES:
+                raise
+            result = None
+        if result is not None:
+            return result
+        result = await sdk_call()
+        # The SDK got an answer where the direct path was refused (a region redirect, a
+        # signature it computes another way): leave this store's reads to the SDK.
+        direct.disabled = True
+        log.info("%s: direct reads refused where the SDK succeeded; using the SDK", self.url)
+        return result
+
     async def aclose(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         stack, loop = self._client_stack, self._client_loop
         self._client = self._client_loop = self._client_stack = None
         if stack is not None and loop is asyncio.get_running_loop():
@@ -203,27 +291,23 @@ class S3Store(Store):
         head = await self._call(key, "head_object", Key=self._object_key(key), **self._payer())
         return ObjectInfo(key=key, size=int(head["ContentLength"]), etag=head.get("ETag"))
 
-    async def _get(
+    async def _sdk_get(
         self, key: str, check: Callable[[dict[str, Any], bytes], None], **params: Any
     ) -> bytes:
-        async def operation() -> bytes:
-            client = await self._get_client()
-            response = await client.get_object(
-                Bucket=self.bucket, Key=self._object_key(key), **self._payer(), **params
-            )
-            async with response["Body"] as stream:
-                body: bytes = await stream.read()
-            check(response, body)
-            return body
+        """One GET through aiobotocore, its body checked by ``check``."""
+        client = await self._get_client()
+        response = await client.get_object(
+            Bucket=self.bucket, Key=self._object_key(key), **self._payer(), **params
+        )
+        async with response["Body"] as stream:
+            body: bytes = await stream.read()
+        check(response, body)
+        return body
 
-        return await self._retrying(key, operation)
-
-    async def read_range(self, key: str, start: int, end: int) -> bytes:
+    def _range_check(
+        self, key: str, start: int, end: int
+    ) -> Callable[[dict[str, Any], bytes], None]:
         url = self.join(key)
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end}) for {url}")
-        if start == end:
-            return b""
 
         def check(response: dict[str, Any], body: bytes) -> None:
             match = _CONTENT_RANGE.match(response.get("ContentRange") or "")
@@ -235,17 +319,60 @@ class S3Store(Store):
             if len(body) != end - start:
                 raise TruncatedBody(f"{url}: got {len(body)} of {end - start} bytes")
 
-        return await self._get(key, check, Range=f"bytes={start}-{end - 1}")
+        return check
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        url = self.join(key)
+        if not 0 <= start <= end:
+            raise ValueError(f"bad range [{start}, {end}) for {url}")
+        if start == end:
+            return b""
+        object_key = self._object_key(key)
+        check = self._range_check(key, start, end)
+
+        async def operation() -> bytes:
+            return await self._read_attempt(
+                lambda direct: direct.get_bytes(object_key, start, end),
+                lambda: self._sdk_get(key, check, Range=f"bytes={start}-{end - 1}"),
+            )
+
+        return await self._retrying(key, operation)
+
+    async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        if start == end:
+            return
+        object_key = self._object_key(key)
+        check = self._range_check(key, start, end)
+
+        async def direct_call(direct: DirectReads) -> bool | None:
+            return await direct.get_into(object_key, start, end, fd) or None
+
+        async def sdk_call() -> bool:
+            data = await self._sdk_get(key, check, Range=f"bytes={start}-{end - 1}")
+            await write_part(fd, data, start)
+            return True
+
+        async def operation() -> None:
+            await self._read_attempt(direct_call, sdk_call)
+
+        await self._retrying(key, operation)
 
     async def read(self, key: str) -> bytes:
         url = self.join(key)
+        object_key = self._object_key(key)
 
         def check(response: dict[str, Any], body: bytes) -> None:
             length = response.get("ContentLength")
             if length is not None and len(body) != int(length):
                 raise TruncatedBody(f"{url}: got {len(body)} of {length} bytes")
 
-        return await self._get(key, check)
+        async def operation() -> bytes:
+            return await self._read_attempt(
+                lambda direct: direct.get_bytes(object_key),
+                lambda: self._sdk_get(key, check),
+            )
+
+        return await self._retrying(key, operation)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -253,6 +380,8 @@ class S3Store(Store):
         await self._call(key, "put_object", Key=self._object_key(key), Body=data)
 
     async def upload(self, src: str | os.PathLike[str], key: str) -> None:
+        import anyio.to_thread
+
         path = Path(src)
         url = self.join(key)
         try:
@@ -273,6 +402,7 @@ class S3Store(Store):
         upload_id = created["UploadId"]
         etags: dict[int, str] = {}
         pending = iter(enumerate(ranges, start=1))
+        import anyio.to_thread
 
         def read_part(start: int, end: int) -> bytes:
             with path.open("rb") as f:

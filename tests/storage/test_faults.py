@@ -15,6 +15,7 @@ from astream.errors import (
     StorageTimeoutError,
 )
 from astream.storage import RetryConfig, TransferConfig, open_store
+from astream.storage.s3 import S3Store
 from tests.servers.fault_proxy import FaultProxy
 from tests.servers.http_files import HTTPFiles
 from tests.servers.moto_s3 import MotoS3
@@ -122,9 +123,32 @@ async def test_s3_faults_are_retried(s3_proxy: FaultProxy, moto_s3: MotoS3, tmp_
         await store.download("data.bin", dest, size=len(DATA))
         assert dest.read_bytes() == DATA
         assert 4 <= store.retries <= 5  # a drop may be resent by aiohttp itself
-        s3_proxy.inject(["403"])
+        # A 403 to a direct read is asked again through aiobotocore (the SDK may sign another
+        # way); when the SDK is refused too, the error is final and not retried.
+        s3_proxy.clear()
+        s3_proxy.inject(["403", "403"])
         with pytest.raises(StoragePermissionError, match=f"s3://{bucket}/f/data"):
             await store.read("data.bin")
+        assert s3_proxy.applied == ["403", "403"]
+
+
+async def test_s3_direct_read_refused_where_the_sdk_succeeds_leaves_reads_to_the_sdk(
+    s3_proxy: FaultProxy, moto_s3: MotoS3
+) -> None:
+    bucket = moto_s3.create_bucket()
+    options = {**moto_s3.store_options(), "endpoint_url": s3_proxy.url}
+    async with open_store(f"s3://{bucket}/g", retry=RETRY, **options) as store:
+        assert isinstance(store, S3Store)
+        await store.write("data.bin", DATA)
+        assert await store.read_range("data.bin", 0, 10) == DATA[:10]
+        assert store._direct is not None and not store._direct.disabled
+        s3_proxy.clear()
+        s3_proxy.inject(["403"])  # the next (direct) request only: the SDK's goes through
+        assert await store.read("data.bin") == DATA
+        assert store.retries == 0
+        assert store._direct.disabled
+        assert await store.read_range("data.bin", 5, 9) == DATA[5:9]
+        assert s3_proxy.requests == 3  # the refused direct GET, then two through the SDK
 
 
 async def test_a_dropped_kept_alive_connection_is_resent_once(

@@ -32,6 +32,19 @@ class TestS3Store(StoreConformance):
         await store.aclose()
 
 
+class TestS3StoreThroughTheSDK(TestS3Store):
+    """The conformance suite again with ``direct_reads=False``: the SDK path stays whole."""
+
+    @pytest.fixture
+    async def store(self, moto_s3: MotoS3, bucket: str) -> AsyncIterator[Store]:
+        options = {**moto_s3.store_options(), "direct_reads": False}
+        store = open_store(f"s3://{bucket}/{uuid.uuid4().hex}", **options)
+        assert isinstance(store, S3Store)
+        yield store
+        assert store._direct is None
+        await store.aclose()
+
+
 pytestmark = pytest.mark.anyio
 
 

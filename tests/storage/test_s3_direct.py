@@ -1,0 +1,210 @@
+"""S3 reads signed with botocore and sent by astream's own HTTP client (``_s3direct``).
+
+The server that matters here is moto with authentication on: it recomputes each request's
+SigV4 signature and refuses a mismatch, so a read that succeeds there was signed as S3 expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import botocore.session
+import pytest
+from conformance import payload
+
+from astream.errors import ObjectNotFoundError, StoragePermissionError
+from astream.storage import TransferConfig, open_store
+from astream.storage._s3direct import DirectReads, direct_blocker
+from astream.storage.s3 import S3Store
+from tests.servers.moto_s3 import CREDENTIALS, MotoS3, moto_s3_server_with_auth
+from tests.servers.process import ServerUnavailable
+
+pytestmark = pytest.mark.anyio
+
+# Characters SigV4 and S3 encode in a key: a space, "+", "=", "~", "%", a non-ASCII letter.
+KEY = "dir/a b+c=d~e%f é.bin"
+
+
+@pytest.fixture(scope="module")
+def signed_moto() -> Iterator[MotoS3]:
+    try:
+        with moto_s3_server_with_auth() as server:
+            yield server
+    except ServerUnavailable as exc:
+        pytest.skip(f"moto S3 server unavailable: {exc}")
+
+
+async def _put(moto: MotoS3, url: str, key: str, data: bytes) -> None:
+    async with open_store(url, **moto.store_options()) as store:
+        await store.write(key, data)
+
+
+async def test_direct_reads_carry_signatures_s3_accepts(
+    signed_moto: MotoS3, tmp_path: Path
+) -> None:
+    url = f"s3://{signed_moto.create_bucket()}/p"
+    data = payload(3 * (1 << 20) + 5, seed=7)
+    await _put(signed_moto, url, KEY, data)
+    transfer = TransferConfig(part_size=1 << 20, concurrency=3)
+    async with open_store(url, transfer=transfer, **signed_moto.store_options()) as store:
+        assert isinstance(store, S3Store)
+        assert await store.read(KEY) == data
+        assert await store.read_range(KEY, 7, 100_007) == data[7:100_007]
+        dest = tmp_path / "out.bin"
+        await store.download(KEY, dest, size=len(data))
+        assert dest.read_bytes() == data
+        with pytest.raises(ObjectNotFoundError, match=f"{url}/missing"):
+            await store.read("missing")
+        assert store._direct is not None and not store._direct.disabled
+        # Every read went the direct way: aiobotocore never had to build a client.
+        assert store._client is None
+        assert store.retries == 0
+
+
+async def test_requester_pays_reads_are_signed_with_their_header(signed_moto: MotoS3) -> None:
+    url = f"s3://{signed_moto.create_bucket()}/rp"
+    await _put(signed_moto, url, "k", b"paid for")
+    options = {**signed_moto.store_options(), "requester_pays": True}
+    async with open_store(url, **options) as store:
+        assert isinstance(store, S3Store)
+        assert await store.read_range("k", 0, 4) == b"paid"
+        assert store._direct is not None and not store._direct.disabled
+
+
+async def test_a_wrong_secret_is_refused_by_both_paths(signed_moto: MotoS3) -> None:
+    url = f"s3://{signed_moto.create_bucket()}/w"
+    await _put(signed_moto, url, "k", b"secret data")
+    options = {**signed_moto.store_options(), "aws_secret_access_key": "wrong"}
+    async with open_store(url, **options) as store:
+        assert isinstance(store, S3Store)
+        with pytest.raises(StoragePermissionError, match=f"{url}/k"):
+            await store.read("k")
+        assert store.retries == 0
+        # The SDK was refused too: nothing says the direct path signs differently.
+        assert store._direct is not None and not store._direct.disabled
+
+
+async def test_a_proxy_in_the_environment_leaves_reads_to_the_sdk(
+    moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the SDK may go straight there
+    url = f"s3://{moto_s3.create_bucket()}/proxy"
+    await _put(moto_s3, url, "k", b"through the sdk")
+    async with open_store(url, **moto_s3.store_options()) as store:
+        assert isinstance(store, S3Store)
+        assert await store.read("k") == b"through the sdk"
+        assert store._direct is None
+        assert "HTTP_PROXY" in (store._direct_state or "")
+
+
+def _direct(**options: object) -> DirectReads:
+    defaults: dict[str, object] = {
+        "bucket": "bkt",
+        "region": "us-east-1",
+        "endpoint_url": None,
+        "addressing_style": None,
+        "credentials": None,
+        "requester_pays": False,
+        "ca_bundle": None,
+        "connections": 4,
+        "connect_timeout": 1.0,
+        "read_timeout": 1.0,
+    }
+    return DirectReads(**{**defaults, **options})  # type: ignore[arg-type]
+
+
+def test_urls_are_those_the_sdk_addresses() -> None:
+    assert _direct(region="eu-west-1").url("a b/c") == (
+        "https://bkt.s3.eu-west-1.amazonaws.com/a%20b/c"
+    )
+    # A dotted name breaks the TLS wildcard: path style, as botocore does.
+    assert _direct(bucket="my.bkt").url("k") == "https://s3.us-east-1.amazonaws.com/my.bkt/k"
+    assert _direct(region="cn-north-1").url("k") == "https://bkt.s3.cn-north-1.amazonaws.com.cn/k"
+    # Custom endpoints: path style, host lower-cased and the default port left out, as signed.
+    assert _direct(endpoint_url="http://MinIO.local:80").url("k") == "http://minio.local/bkt/k"
+    assert _direct(endpoint_url="https://r2.example:8443/base/").url("k") == (
+        "https://r2.example:8443/base/bkt/k"
+    )
+    virtual = _direct(endpoint_url="http://127.0.0.1:9000", addressing_style="virtual")
+    assert virtual.url("k") == "http://bkt.127.0.0.1:9000/k"
+
+
+@pytest.mark.parametrize(
+    ("bucket", "endpoint", "env", "reason"),
+    [
+        ("bkt", None, {}, None),
+        ("Upper", None, {}, "bucket name"),
+        ("arn:aws:s3:us-east-1:123:accesspoint/ap", None, {}, "bucket name"),
+        ("zone--use1-az4--x-s3", None, {}, "bucket name"),
+        ("bkt", None, {"HTTPS_PROXY": "http://proxy:3128"}, "HTTPS_PROXY"),
+        ("bkt", None, {"AWS_USE_FIPS_ENDPOINT": "true"}, "use_fips_endpoint"),
+        ("bkt", None, {"AWS_USE_DUALSTACK_ENDPOINT": "true"}, "use_dualstack_endpoint"),
+        ("bkt", "ftp://host", {}, "not a plain http(s) URL"),
+    ],
+)
+def test_what_leaves_reads_to_the_sdk(
+    bucket: str,
+    endpoint: str | None,
+    env: dict[str, str],
+    reason: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    blocker = direct_blocker(botocore.session.Session(), bucket, endpoint)
+    if reason is None:
+        assert blocker is None
+    else:
+        assert blocker is not None and reason in blocker
+
+
+def test_a_cold_s3_epoch_imports_neither_aiohttp_nor_aiobotocore(
+    moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    # What keeps a cold process's first sample fast: the direct path needs only botocore.
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from astream import MDSWriter
+
+    url = f"s3://{moto_s3.create_bucket()}/ds"
+    local = tmp_path / "src"
+    with MDSWriter(out=str(local), columns={"id": "int"}, size_limit=1 << 10) as writer:
+        for i in range(200):
+            writer.write({"id": i})
+
+    async def upload() -> None:
+        async with open_store(url, **moto_s3.store_options()) as store:
+            for path in sorted(local.iterdir()):
+                await store.upload(path, path.name)
+
+    asyncio.run(upload())
+    script = f"""
+import json, sys
+from astream import StreamingDataset
+ds = StreamingDataset(remote={url!r}, local={str(tmp_path / "cache")!r}, shuffle=False)
+ids = [s["id"] for s in ds]
+mods = [m for m in ("aiohttp", "aiobotocore") if m in sys.modules]
+print(json.dumps({{"ids": ids, "mods": mods}}))
+"""
+    env = {**os.environ, **CREDENTIALS, "S3_ENDPOINT_URL": moto_s3.endpoint_url}
+    env.pop("AWS_ENDPOINT_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ids"] == list(range(200))
+    assert result["mods"] == []
