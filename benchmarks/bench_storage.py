@@ -93,15 +93,11 @@ def _rows_for(
     ranged: TransferConfig,
     options: dict[str, Any],
     upload_from: Path | None = None,
-    create_bucket: str | None = None,
 ) -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
         rows = []
         single = TransferConfig(part_size=size, concurrency=1)
         async with open_store(url, **options) as store:
-            if create_bucket is not None:
-                client = await store._get_client()  # type: ignore[attr-defined]
-                await client.create_bucket(Bucket=create_bucket)
             if upload_from is not None:
                 store.transfer = TransferConfig(part_size=32 * MB, multipart_threshold=64 * MB)
                 await store.upload(upload_from, key)
@@ -166,11 +162,12 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         )
     notes.append("moto copies the whole object per ranged GET: slow by construction")
 
-    s3rver = ROOT / "tests" / "servers" / "node_modules" / ".bin" / "s3rver"
-    if s3rver.exists():
-        rows += _s3rver_rows(s3rver, workdir, src, size, dest, ranged)
-    else:
-        notes.append("s3rver not installed (npm install --prefix tests/servers): no s3rver rows")
+    from tests.servers.process import ServerUnavailable
+
+    try:
+        rows += _s3rver_rows(src, size, dest, ranged)
+    except ServerUnavailable as exc:
+        notes.append(f"no s3rver rows: {exc}")
     rows += cloud_rows(src, size, dest, ranged)
 
     best_http = max(row["MB/s"] for row in http_rows)
@@ -185,32 +182,10 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     }
 
 
-def _s3rver_rows(
-    s3rver: Path, workdir: Path, src: Path, size: int, dest: Path, ranged: TransferConfig
-) -> list[dict[str, Any]]:
-    from tests.servers.process import free_port, run_server
+def _s3rver_rows(src: Path, size: int, dest: Path, ranged: TransferConfig) -> list[dict[str, Any]]:
+    from tests.servers.s3rver import s3rver_server
 
-    port = free_port()
-    data_dir = workdir / "s3rver"
-    data_dir.mkdir()
-    argv = [
-        str(s3rver),
-        "--address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--directory",
-        str(data_dir),
-        "--silent",
-    ]
-    env = {"NODE_OPTIONS": "--openssl-legacy-provider"}
-    with run_server(argv, port=port, env=env) as server:
-        options = {
-            "endpoint_url": server.url,
-            "aws_access_key_id": "S3RVER",
-            "aws_secret_access_key": "S3RVER",
-            "region": "us-east-1",
-        }
+    with s3rver_server(buckets=("bench",)) as server:
         return _rows_for(
             "s3rver S3",
             "s3://bench/x",
@@ -218,9 +193,8 @@ def _s3rver_rows(
             size,
             dest,
             ranged,
-            options,
+            server.store_options(),
             upload_from=src,
-            create_bucket="bench",
         )
 
 

@@ -79,6 +79,13 @@ def direct_blocker(session: Any, bucket: str, endpoint_url: str | None) -> str |
         for name in ("use_accelerate_endpoint", "use_dualstack_endpoint")
     ):
         return "an accelerate or dual-stack S3 endpoint is configured"
+    if endpoint_url is None and (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or scoped.get("endpoint_url")
+        or scoped.get("services")
+    ):
+        # The SDK would address an endpoint from the environment or the profile.
+        return "an S3 endpoint is configured for the SDK (AWS_ENDPOINT_URL_S3 or the profile)"
     if endpoint_url is not None:
         parts = urllib.parse.urlsplit(endpoint_url)
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.query:

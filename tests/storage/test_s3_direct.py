@@ -142,6 +142,8 @@ def test_urls_are_those_the_sdk_addresses() -> None:
         ("bkt", None, {"AWS_USE_FIPS_ENDPOINT": "true"}, "use_fips_endpoint"),
         ("bkt", None, {"AWS_USE_DUALSTACK_ENDPOINT": "true"}, "use_dualstack_endpoint"),
         ("bkt", "ftp://host", {}, "not a plain http(s) URL"),
+        ("bkt", None, {"AWS_ENDPOINT_URL_S3": "http://minio:9000"}, "endpoint is configured"),
+        ("bkt", "http://minio:9000", {"AWS_ENDPOINT_URL_S3": "http://other:9000"}, None),
     ],
 )
 def test_what_leaves_reads_to_the_sdk(
@@ -153,6 +155,7 @@ def test_what_leaves_reads_to_the_sdk(
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     blocker = direct_blocker(botocore.session.Session(), bucket, endpoint)
