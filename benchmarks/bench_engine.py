@@ -45,10 +45,7 @@ LONG_RUN = 20.0
 RSS_EVERY = 1000
 RSS_SAMPLE_BYTES = 256
 CHILD_TIMEOUT = 300.0
-COMMAND = (
-    "cd /work/main && PYTHONPATH=tests/interop/_stubs LITDATA_DISABLE_VERSION_CHECK=1 "
-    "TMPDIR=$(mktemp -d) /work/refenv/bin/python -m benchmarks engine"
-)
+COMMAND = "nox -s bench -- engine"
 
 # -- the samples ------------------------------------------------------------------------------
 

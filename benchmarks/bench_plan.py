@@ -7,8 +7,9 @@ allocations) for computing worker (node 3, rank 5, worker 2)'s ids, plus the gro
 process's peak RSS. The reference builds the epoch as its dataset does (``get_partitions`` +
 ``get_shuffle`` + the two id maps) and slices the worker out. Both sides' ids are compared.
 
-The reference interpreter is ``$ASTREAM_REFERENCE_PYTHON`` or ``/work/refenv/bin/python``; its
-stand-in torchvision/transformers modules come from ``tests/interop/_stubs``.
+The reference interpreter is ``$ASTREAM_REFERENCE_PYTHON``, else this one when it has
+mosaicml-streaming (``nox -s bench``); its stand-in torchvision/transformers modules come from
+``tests/interop/_stubs``.
 """
 
 from __future__ import annotations
@@ -79,8 +80,14 @@ print(json.dumps({"seconds": seconds, "peak": peak, "rss_kib": rss}))
 
 
 def _reference_python() -> str | None:
-    path = os.environ.get("ASTREAM_REFERENCE_PYTHON", "/work/refenv/bin/python")
-    return path if Path(path).exists() else None
+    """``$ASTREAM_REFERENCE_PYTHON``, else this interpreter when it has mosaicml-streaming (as
+    in ``nox -s bench``)."""
+    path = os.environ.get("ASTREAM_REFERENCE_PYTHON")
+    if path:
+        return path if Path(path).exists() else None
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("streaming") is not None else None
 
 
 def _measure(python: str, code: str, n: int, out: Path, env: dict[str, str]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from astream.errors import (
     StoragePermissionError,
     StorageTimeoutError,
 )
+from astream.storage._transfer import LocalWriteError
 from astream.storage.base import RetryConfig
 
 __all__ = [
@@ -206,7 +207,8 @@ async def call_with_retries(
         attempt += 1
         try:
             return await operation()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LocalWriteError):
+            # A local write that failed is the caller's to report, not a request failure.
             raise
         except Exception as exc:
             final = classifier(exc, url)

@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
-
 from astream.errors import StorageError
 
 if TYPE_CHECKING:
@@ -37,11 +35,25 @@ def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
 
 
+class LocalWriteError(OSError):
+    """Writing downloaded bytes into the local file failed (a full disk, a quota).
+
+    Not a storage failure: the retry loop lets it through untouched, and the caller (the
+    cache) reports it as a local error naming the file, not as an error of the remote URL.
+    """
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less)."""
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less).
+
+    :raises LocalWriteError: the write failed (its ``errno`` and ``strerror`` are the OS's).
+    """
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            raise LocalWriteError(exc.errno, exc.strerror) from exc
         view = view[written:]
         offset += written
 
@@ -51,7 +63,7 @@ async def write_part(fd: int, data: bytes, offset: int) -> None:
     if len(data) <= _INLINE_WRITE:
         pwrite_all(fd, data, offset)
     else:
-        await anyio.to_thread.run_sync(pwrite_all, fd, data, offset)
+        await asyncio.to_thread(pwrite_all, fd, data, offset)
 
 
 async def ranged_download(

@@ -380,16 +380,14 @@ class S3Store(Store):
         await self._call(key, "put_object", Key=self._object_key(key), Body=data)
 
     async def upload(self, src: str | os.PathLike[str], key: str) -> None:
-        import anyio.to_thread
-
         path = Path(src)
         url = self.join(key)
         try:
-            size = (await anyio.to_thread.run_sync(path.stat)).st_size
+            size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as exc:
             raise StorageError(f"cannot upload {path} to {url}: {exc}") from exc
         if size < self.transfer.multipart_threshold:
-            data = await anyio.to_thread.run_sync(path.read_bytes)
+            data = await asyncio.to_thread(path.read_bytes)
             await self.write(key, data)
             return
         await self._multipart_upload(path, key, size)
@@ -402,7 +400,6 @@ class S3Store(Store):
         upload_id = created["UploadId"]
         etags: dict[int, str] = {}
         pending = iter(enumerate(ranges, start=1))
-        import anyio.to_thread
 
         def read_part(start: int, end: int) -> bytes:
             with path.open("rb") as f:
@@ -411,7 +408,7 @@ class S3Store(Store):
         async def worker() -> None:
             # Workers share one iterator: their number bounds parts in flight (and memory).
             for number, (start, end) in pending:
-                data = await anyio.to_thread.run_sync(read_part, start, end)
+                data = await asyncio.to_thread(read_part, start, end)
                 if len(data) != end - start:
                     raise StorageError(f"{path} changed size while uploading to {self.join(key)}")
                 part = await self._call(

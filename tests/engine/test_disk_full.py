@@ -7,6 +7,7 @@ the same ``OSError`` path through the cache and the writers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 from datasets import check_sample, write_mds
 
 from astream import StreamingDataset
+from astream.storage import open_store
+from tests.servers.moto_s3 import CREDENTIALS, MotoS3
 from tests.storage.conftest import HTTPFiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +49,32 @@ def _leftovers(root: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("kind", ["local", "http"])
-def test_cache_download_onto_a_full_disk(tmp_path: Path, http_files: HTTPFiles, kind: str) -> None:
+def _to_s3(moto: MotoS3, src: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"s3://{moto.create_bucket()}/data"
+    files = sorted(src.iterdir())
+
+    async def upload() -> None:
+        async with open_store(url, **moto.store_options()) as store:
+            for path in files:
+                await store.upload(path, path.name)
+
+    asyncio.run(upload())
+    # The child process finds the server and credentials where users set them.
+    monkeypatch.setenv("S3_ENDPOINT_URL", moto.endpoint_url)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return url
+
+
+@pytest.mark.parametrize("kind", ["local", "http", "s3"])
+def test_cache_download_onto_a_full_disk(
+    tmp_path: Path,
+    http_files: HTTPFiles,
+    moto_s3: MotoS3,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
     remote = write_mds(tmp_path / "remote", 600, size_limit=300_000, payload=1000)
     shards = json.loads((remote / "index.json").read_text())["shards"]
     assert max(s["raw_data"]["bytes"] for s in shards) > LIMIT
@@ -56,6 +83,8 @@ def test_cache_download_onto_a_full_disk(tmp_path: Path, http_files: HTTPFiles, 
         name = uuid.uuid4().hex[:12]
         shutil.copytree(remote, http_files.root / name)
         url = f"{http_files.url}/{name}"
+    elif kind == "s3":
+        url = _to_s3(moto_s3, remote, monkeypatch)
     local = tmp_path / "cache"
     got = _child(
         """
@@ -72,7 +101,9 @@ def test_cache_download_onto_a_full_disk(tmp_path: Path, http_files: HTTPFiles, 
         str(local),
     )
     assert got.returncode == 3, got.stderr
-    assert "shard.00000.mds" in got.stdout
+    # A local error, naming the shard and the cache: not a failure of the remote, not retried.
+    assert got.stdout.startswith("CacheError: cannot write shard shard.00000.mds"), got.stdout
+    assert str(local) in got.stdout
     assert "File too large" in got.stdout or "No space" in got.stdout
     assert _leftovers(local) == []
     # The next run, with room on the disk, reads every sample.
