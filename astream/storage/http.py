@@ -8,9 +8,10 @@ plain HTTP has no standard way to do either.
 
 Options: ``headers`` (a mapping sent with every request, e.g. an ``Authorization`` token),
 ``connections`` (the connection cap, default 64), ``ssl`` (an :class:`ssl.SSLContext`, e.g. one
-that trusts a private CA) and ``fast_ranges`` (default on: ranged downloads into files go through
-:mod:`astream.storage._rawhttp`, which receives bodies straight into a buffer instead of through
-aiohttp's parser; anything but a plain ``206`` falls back to aiohttp).
+that trusts a private CA) and ``fast_ranges`` (default on: reads and ranged downloads go through
+:mod:`astream.storage._rawhttp`, which receives bodies straight into their buffer or file
+instead of through aiohttp's parser; anything but the plain answer falls back to aiohttp, which
+is imported only then, or for ``stat``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import re
 import ssl as ssl_module
 import urllib.parse
 from collections.abc import Mapping
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from astream.errors import StorageError
 from astream.storage._rawhttp import RawHTTP, check_headers
 from astream.storage._retry import TruncatedBody, error_for_status
 from astream.storage._transfer import pwrite_all, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["HTTPStore"]
 
@@ -70,6 +73,8 @@ class HTTPStore(Store):
         return f"{self.url}/{urllib.parse.quote(key, safe='/~-._')}"
 
     async def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._session_loop is not loop:
             # A session belongs to the loop that made it; a store used from a new loop (after
@@ -121,6 +126,8 @@ class HTTPStore(Store):
             final = error_for_status(response.status, url, response.reason or "")
             if final is not None:
                 raise final
+            import aiohttp
+
             raise aiohttp.ClientResponseError(
                 response.request_info,
                 response.history,
@@ -189,6 +196,10 @@ class HTTPStore(Store):
         want = end - start
 
         async def get() -> bytes:
+            if self.fast_ranges:
+                body = await self._get_raw().get_bytes(url, start, end)
+                if body is not None:
+                    return body
             session = await self._get_session()
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with session.get(url, headers=headers) as response:
@@ -253,6 +264,10 @@ class HTTPStore(Store):
         url = self.join(key)
 
         async def get() -> bytes:
+            if self.fast_ranges:
+                whole = await self._get_raw().get_bytes(url)
+                if whole is not None:
+                    return whole
             session = await self._get_session()
             async with session.get(url) as response:
                 self._check(response, url)

@@ -17,7 +17,7 @@ from astream.errors import ObjectNotFoundError, StoragePermissionError
 from astream.storage import TransferConfig, open_store
 from astream.storage._s3direct import DirectReads, direct_blocker
 from astream.storage.s3 import S3Store
-from tests.servers.moto_s3 import CREDENTIALS, MotoS3, moto_s3_server_with_auth
+from tests.servers.moto_s3 import MotoS3, moto_s3_server_with_auth
 from tests.servers.process import ServerUnavailable
 
 pytestmark = pytest.mark.anyio
@@ -163,51 +163,3 @@ def test_what_leaves_reads_to_the_sdk(
         assert blocker is None
     else:
         assert blocker is not None and reason in blocker
-
-
-def test_a_cold_s3_epoch_imports_neither_aiohttp_nor_aiobotocore(
-    moto_s3: MotoS3, tmp_path: Path
-) -> None:
-    # What keeps a cold process's first sample fast: the direct path needs only botocore.
-    import asyncio
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from astream import MDSWriter
-
-    url = f"s3://{moto_s3.create_bucket()}/ds"
-    local = tmp_path / "src"
-    with MDSWriter(out=str(local), columns={"id": "int"}, size_limit=1 << 10) as writer:
-        for i in range(200):
-            writer.write({"id": i})
-
-    async def upload() -> None:
-        async with open_store(url, **moto_s3.store_options()) as store:
-            for path in sorted(local.iterdir()):
-                await store.upload(path, path.name)
-
-    asyncio.run(upload())
-    script = f"""
-import json, sys
-from astream import StreamingDataset
-ds = StreamingDataset(remote={url!r}, local={str(tmp_path / "cache")!r}, shuffle=False)
-ids = [s["id"] for s in ds]
-mods = [m for m in ("aiohttp", "aiobotocore") if m in sys.modules]
-print(json.dumps({{"ids": ids, "mods": mods}}))
-"""
-    env = {**os.environ, **CREDENTIALS, "S3_ENDPOINT_URL": moto_s3.endpoint_url}
-    env.pop("AWS_ENDPOINT_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["ids"] == list(range(200))
-    assert result["mods"] == []
