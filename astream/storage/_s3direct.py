@@ -1,36 +1,46 @@
-"""S3 reads without the SDK's HTTP stack: requests signed with botocore, sent by :mod:`._rawhttp`.
+"""S3 reads without the SDK's HTTP stack: SigV4-signed GETs sent by :mod:`._rawhttp`.
 
 Why: a cold epoch waits for two things before its first sample, the index and the first MiB of
 the first shard. Through aiobotocore, both wait for aiohttp and aiobotocore to import (about
 0.35 s on the build machine) and for a client to be built on each event loop (about 0.1 s each),
-and every body then goes through aiohttp's parser, which copies each chunk. Here a GET is
-signed with botocore's own SigV4 signer (the same code the SDK signs with, so the same
-credentials chain, session tokens and refresh) and sent on a kept-alive connection whose body
-lands straight in the destination buffer or file.
+and every body then goes through aiohttp's parser, which copies each chunk. Here each GET is
+signed with Signature Version 4 (:func:`sign_v4`, checked against botocore's signer in the
+tests) and sent on a kept-alive connection whose body lands straight in its buffer or file.
 
-The SDK stays the authority. This path is used only where it says exactly what the SDK would
-send: the endpoint and addressing are ours to compute (path style on custom endpoints, virtual
-hosted on AWS for DNS-safe bucket names; TLS trusts ``AWS_CA_BUNDLE`` or the profile's
-``ca_bundle`` where the SDK would) and nothing the SDK would add is configured (proxies, FIPS,
-dual-stack or accelerate endpoints, access point ARNs, S3 Express buckets). Any answer other than the plain one, and any 3xx, 400, 401 or 403, is answered by
-asking again through aiobotocore, which follows region redirects and reports errors as it
-always has; if the SDK then succeeds, this store stops using the direct path.
+Credentials and settings come from where the SDK finds them. When the environment says it all
+(keys in ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or passed as options, no profile, no
+AWS config file) not even botocore is imported; otherwise a botocore session walks the SDK's
+own chain (profiles, SSO, instance roles, with their refresh) and reads its configuration.
+
+The SDK stays the authority. This path is used only where it sends what the SDK would: the
+endpoint and addressing are ours to compute (path style on custom endpoints, virtual hosted on
+AWS for DNS-safe bucket names; TLS trusts ``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``) and
+nothing the SDK would add is configured (proxies, FIPS, dual-stack or accelerate endpoints,
+endpoints from ``AWS_ENDPOINT_URL_S3`` or a profile, access point ARNs, S3 Express buckets). Any
+answer other than the plain one, and any 3xx, 400, 401 or 403, is asked again through
+aiobotocore, which follows region redirects and reports errors as it always has; if the SDK
+then succeeds, the store stops using the direct path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import hashlib
+import hmac
 import os
 import re
 import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from astream.storage._rawhttp import RawHTTP
 
-__all__ = ["DirectReads", "direct_blocker"]
+__all__ = ["DirectReads", "Resolved", "StaticCredentials", "direct_blocker", "resolve", "sign_v4"]
 
 # Bucket names that are valid in a virtual-hosted or path-style URL as they are (lower-case
 # DNS labels); anything else (ARNs, legacy upper-case names) goes through the SDK.
@@ -43,6 +53,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Statuses the SDK may answer differently (a region redirect, a signature it computes another
 # way): ask it again.
 SDK_STATUSES = frozenset({301, 302, 307, 308, 400, 401, 403})
+# The SHA-256 of an empty body: what a GET's payload hash is.
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 _sessions: dict[str | None, Any] = {}
 _sessions_lock = threading.Lock()
@@ -61,13 +73,33 @@ def _plain_session(profile: str | None) -> Any:
         return session
 
 
-def direct_blocker(session: Any, bucket: str, endpoint_url: str | None) -> str | None:
-    """Why the direct path cannot say what the SDK would send; ``None`` when it can."""
+def _env_blocker(bucket: str, endpoint_url: str | None) -> str | None:
+    """What, in the bucket name, the endpoint or the environment, the direct path cannot do."""
     if not _BUCKET.match(bucket) or bucket.endswith(_SPECIAL_BUCKET):
         return f"bucket name {bucket!r} needs the SDK's addressing"
     for name in _PROXY_VARIABLES:
         if os.environ.get(name) or os.environ.get(name.upper()):
             return f"{name.upper()} is set (the SDK routes through the proxy)"
+    for variable in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
+        if os.environ.get(variable, "").lower() in _TRUE:
+            return f"{variable.lower()[4:]} is configured ({variable})"
+    if endpoint_url is None and os.environ.get("AWS_ENDPOINT_URL_S3"):
+        return "an S3 endpoint is configured for the SDK (AWS_ENDPOINT_URL_S3)"
+    if endpoint_url is not None:
+        parts = urllib.parse.urlsplit(endpoint_url)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.query:
+            return f"endpoint {endpoint_url!r} is not a plain http(s) URL"
+    return None
+
+
+def direct_blocker(session: Any, bucket: str, endpoint_url: str | None) -> str | None:
+    """Why the direct path cannot send what the SDK would; ``None`` when it can.
+
+    :param session: a botocore session: its profile's configuration is checked as well.
+    """
+    blocker = _env_blocker(bucket, endpoint_url)
+    if blocker is not None:
+        return blocker
     for variable in ("use_fips_endpoint", "use_dualstack_endpoint"):
         value = session.get_config_variable(variable)
         if value is True or str(value).lower() in _TRUE:
@@ -79,18 +111,83 @@ def direct_blocker(session: Any, bucket: str, endpoint_url: str | None) -> str |
         for name in ("use_accelerate_endpoint", "use_dualstack_endpoint")
     ):
         return "an accelerate or dual-stack S3 endpoint is configured"
-    if endpoint_url is None and (
-        os.environ.get("AWS_ENDPOINT_URL_S3")
-        or scoped.get("endpoint_url")
-        or scoped.get("services")
-    ):
-        # The SDK would address an endpoint from the environment or the profile.
-        return "an S3 endpoint is configured for the SDK (AWS_ENDPOINT_URL_S3 or the profile)"
-    if endpoint_url is not None:
-        parts = urllib.parse.urlsplit(endpoint_url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.query:
-            return f"endpoint {endpoint_url!r} is not a plain http(s) URL"
+    if endpoint_url is None and (scoped.get("endpoint_url") or scoped.get("services")):
+        # The SDK would address an endpoint from the profile.
+        return "an S3 endpoint is configured for the SDK in the profile"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticCredentials:
+    """Keys that do not expire (options or environment), shaped as botocore's."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+    def get_frozen_credentials(self) -> StaticCredentials:
+        return self
+
+    def __repr__(self) -> str:  # never show secrets
+        return f"StaticCredentials(access_key={self.access_key!r})"
+
+
+def sign_v4(
+    url: str,
+    headers: Mapping[str, str],
+    credentials: Any,
+    region: str,
+    *,
+    now: datetime.datetime | None = None,
+) -> dict[str, str]:
+    """The headers of an AWS Signature Version 4 signed S3 ``GET`` of ``url`` (no body).
+
+    :param url: its path already percent-encoded as S3 expects (S3 does not re-encode it),
+        its host as it will be sent (lower-case, no default port).
+    :param headers: the request's own headers (``Range``, ``x-amz-request-payer``); all are
+        signed, and returned with ``x-amz-date``, ``x-amz-content-sha256``, the session token
+        if any and ``Authorization`` (``Host`` is signed but left to the HTTP client).
+    :param credentials: ``access_key``, ``secret_key`` and ``token`` attributes.
+    """
+    parts = urllib.parse.urlsplit(url)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    day = stamp[:8]
+    signed = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
+    signed["host"] = parts.netloc
+    signed["x-amz-date"] = stamp
+    signed["x-amz-content-sha256"] = _EMPTY_SHA256
+    if credentials.token:
+        signed["x-amz-security-token"] = credentials.token
+    names = sorted(signed)
+    query = "&".join(
+        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+        for k, v in sorted(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    )
+    canonical = "\n".join(
+        [
+            "GET",
+            parts.path or "/",
+            query,
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            _EMPTY_SHA256,
+        ]
+    )
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = f"AWS4{credentials.secret_key}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out = {name: value for name, value in signed.items() if name != "host"}
+    out["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return out
 
 
 def _netloc(scheme: str, host: str, port: int | None) -> str:
@@ -180,12 +277,7 @@ class DirectReads:
             frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
         else:
             frozen = credentials.get_frozen_credentials()
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
-        return dict(request.headers.items())
+        return sign_v4(url, headers, frozen, self.region)
 
     async def get_into(self, object_key: str, start: int, end: int, fd: int) -> bool:
         """Bytes ``[start, end)`` into ``fd`` at ``start``; ``False``: ask the SDK."""
@@ -210,33 +302,93 @@ class DirectReads:
             raw.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What the direct path needs, as the SDK would find it."""
+
+    region: str
+    ca_bundle: str | None
+    #: ``None`` for unsigned requests.
+    credentials: Any
+
+
 def resolve(
     *,
+    bucket: str,
+    endpoint_url: str | None,
+    region: str | None,
     profile: str | None,
     explicit: Mapping[str, str | None],
     unsigned: bool,
-) -> tuple[Any, Any]:
-    """The botocore session and credentials the SDK would use (blocking: call in a thread).
+) -> Resolved | str:
+    """Settings and credentials for direct reads, or why there are none (a blocker).
 
-    :returns: ``(session, credentials)``; credentials are ``None`` for unsigned requests and
-        when the chain finds none (the caller then leaves the request to the SDK).
+    Blocking (a botocore chain may read files or call the instance metadata service): call it
+    in a thread.
     """
     with _resolve_lock:  # one chain walk at a time (the first request's may be slow)
-        return _resolve(profile, explicit, unsigned)
+        return _resolve(bucket, endpoint_url, region, profile, explicit, unsigned)
+
+
+def _static(key: str | None, secret: str | None, token: str | None) -> StaticCredentials | None:
+    return StaticCredentials(key, secret, token or None) if key and secret else None
 
 
 def _resolve(
-    profile: str | None, explicit: Mapping[str, str | None], unsigned: bool
-) -> tuple[Any, Any]:
-    session = _plain_session(profile)
-    if unsigned:
-        return session, None
-    if explicit.get("aws_access_key_id") and explicit.get("aws_secret_access_key"):
-        from botocore.credentials import Credentials
-
-        return session, Credentials(
-            explicit["aws_access_key_id"],
-            explicit["aws_secret_access_key"],
+    bucket: str,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    explicit: Mapping[str, str | None],
+    unsigned: bool,
+) -> Resolved | str:
+    credentials = None
+    if not unsigned:
+        credentials = _static(
+            explicit.get("aws_access_key_id"),
+            explicit.get("aws_secret_access_key"),
             explicit.get("aws_session_token"),
         )
-    return session, session.get_credentials()
+    config = Path(os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"))
+    env_only = (
+        not profile
+        and not os.environ.get("AWS_PROFILE")
+        and not os.environ.get("AWS_DEFAULT_PROFILE")
+        and not config.exists()
+    )
+    # botocore's chain starts with the environment; keys with an expiry are refreshable
+    # credentials of its own making.
+    if (
+        env_only
+        and not unsigned
+        and credentials is None
+        and not os.environ.get("AWS_CREDENTIAL_EXPIRATION")
+    ):
+        credentials = _static(
+            os.environ.get("AWS_ACCESS_KEY_ID"),
+            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN"),
+        )
+    if env_only and (unsigned or credentials is not None):
+        # Everything the SDK would read is in the environment: no botocore needed.
+        blocker = _env_blocker(bucket, endpoint_url)
+        if blocker is not None:
+            return blocker
+        return Resolved(
+            region=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
+            credentials=credentials,
+        )
+    session = _plain_session(profile)
+    blocker = direct_blocker(session, bucket, endpoint_url)
+    if blocker is not None:
+        return blocker
+    if not unsigned and credentials is None:
+        credentials = session.get_credentials()
+        if credentials is None:
+            return "no credentials found (the SDK reports it)"
+    return Resolved(
+        region=region or session.get_config_variable("region") or "us-east-1",
+        ca_bundle=os.environ.get("AWS_CA_BUNDLE") or session.get_config_variable("ca_bundle"),
+        credentials=credentials,
+    )

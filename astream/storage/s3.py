@@ -11,9 +11,9 @@ Public buckets: ``unsigned=True``, or ``AWS_NO_SIGN_REQUEST=1`` in the environme
 Requester-pays buckets: ``requester_pays=True``, or the bucket named in
 ``MOSAICML_STREAMING_AWS_REQUESTER_PAYS`` (comma-separated, as mosaicml-streaming reads it).
 
-Reads (whole objects, ranges, the parts of a download) are signed with botocore and sent
-through astream's lean HTTP client (:mod:`astream.storage._s3direct`) where that sends exactly
-what the SDK would; everything else, and every read the direct path cannot answer plainly,
+Reads (whole objects, ranges, the parts of a download) are signed by astream (SigV4, with the
+SDK's credentials) and sent through its lean HTTP client (:mod:`astream.storage._s3direct`)
+where that sends exactly what the SDK would; everything else, and every read the direct path cannot answer plainly,
 goes through aiobotocore. ``direct_reads=False`` sends every request through aiobotocore.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from astream.errors import StorageError
 from astream.storage._rawhttp import HTTPStatusError
 from astream.storage._retry import TruncatedBody
-from astream.storage._s3direct import SDK_STATUSES, DirectReads, direct_blocker, resolve
+from astream.storage._s3direct import SDK_STATUSES, DirectReads, resolve
 from astream.storage._transfer import part_ranges, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
 
@@ -99,8 +99,8 @@ class S3Store(Store):
     :param aws_secret_access_key: explicit credentials.
     :param aws_session_token: explicit credentials.
     :param profile: a profile from ``~/.aws/config``.
-    :param direct_reads: sign reads with botocore and send them through astream's own HTTP
-        client where it can send what the SDK would (default); ``False``: always aiobotocore.
+    :param direct_reads: sign reads and send them through astream's own HTTP client where it
+        can send what the SDK would (default); ``False``: always aiobotocore.
     """
 
     schemes = ("s3",)
@@ -214,28 +214,30 @@ class S3Store(Store):
             if not self.direct_reads or self._direct_state is not None:
                 return None
             # Credentials may come from the network (instance roles): resolve off the loop.
-            session, credentials = await asyncio.to_thread(
-                resolve, profile=self.profile, explicit=self._credentials, unsigned=self.unsigned
+            resolved = await asyncio.to_thread(
+                resolve,
+                bucket=self.bucket,
+                endpoint_url=self.endpoint_url,
+                region=self.region,
+                profile=self.profile,
+                explicit=self._credentials,
+                unsigned=self.unsigned,
             )
             if self._direct is not None:  # another request resolved it meanwhile
                 direct = self._direct
+            elif isinstance(resolved, str):
+                self._direct_state = resolved
+                log.debug("%s: reads go through aiobotocore: %s", self.url, resolved)
+                return None
             else:
-                blocker = direct_blocker(session, self.bucket, self.endpoint_url)
-                if blocker is None and credentials is None and not self.unsigned:
-                    blocker = "no credentials found (the SDK reports it)"
-                if blocker is not None:
-                    self._direct_state = blocker
-                    log.debug("%s: reads go through aiobotocore: %s", self.url, blocker)
-                    return None
                 direct = DirectReads(
                     bucket=self.bucket,
-                    region=self.region or session.get_config_variable("region") or "us-east-1",
+                    region=resolved.region,
                     endpoint_url=self.endpoint_url,
                     addressing_style=self.addressing_style,
-                    credentials=credentials,
+                    credentials=resolved.credentials,
                     requester_pays=self.requester_pays,
-                    ca_bundle=os.environ.get("AWS_CA_BUNDLE")
-                    or session.get_config_variable("ca_bundle"),
+                    ca_bundle=resolved.ca_bundle,
                     connections=self.connections,
                     connect_timeout=self.retry.connect_timeout,
                     read_timeout=self.retry.read_timeout,

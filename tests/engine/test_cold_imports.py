@@ -1,8 +1,9 @@
 """What keeps a cold process's first sample fast: its reads need no heavy HTTP client.
 
-S3 reads are signed with botocore and sent, like plain HTTP(S) reads, through astream's own
-HTTP client: a fresh process that streams a whole epoch from either imports neither aiohttp
-nor aiobotocore (together about 0.35 s of import on the build machine).
+S3 reads are signed by astream and sent, like plain HTTP(S) reads, through its own HTTP client:
+a fresh process that streams a whole epoch from either imports neither aiohttp nor aiobotocore
+(together about 0.35 s of import on the build machine), and with S3 keys in the environment and
+no AWS config file, not even botocore (about 0.15 s).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json, sys
 from astream import StreamingDataset
 dataset = StreamingDataset(remote=sys.argv[1], local=sys.argv[2], shuffle=False)
 ids = [sample["id"] for sample in dataset]
-heavy = [name for name in ("aiohttp", "aiobotocore") if name in sys.modules]
+heavy = [name for name in ("aiohttp", "aiobotocore", "botocore") if name in sys.modules]
 print(json.dumps({"ids": ids, "heavy": heavy}))
 """
 
@@ -53,7 +54,7 @@ def _to_s3(moto: MotoS3, files: list[Path]) -> str:
 
 
 @pytest.mark.parametrize("kind", ["s3", "http"])
-def test_a_cold_epoch_imports_neither_aiohttp_nor_aiobotocore(
+def test_a_cold_epoch_imports_no_http_client_or_sdk(
     kind: str, moto_s3: MotoS3, http_files: HTTPFiles, tmp_path: Path
 ) -> None:
     files = _dataset(tmp_path / "src")
@@ -61,7 +62,9 @@ def test_a_cold_epoch_imports_neither_aiohttp_nor_aiobotocore(
     if kind == "s3":
         url = _to_s3(moto_s3, files)
         env.update(CREDENTIALS, S3_ENDPOINT_URL=moto_s3.endpoint_url)
-        env.pop("AWS_ENDPOINT_URL", None)
+        env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
+        for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            env.pop(name, None)
     else:
         name = uuid.uuid4().hex[:12]
         shutil.copytree(tmp_path / "src", http_files.root / name)

@@ -15,7 +15,14 @@ from conformance import payload
 
 from astream.errors import ObjectNotFoundError, StoragePermissionError
 from astream.storage import TransferConfig, open_store
-from astream.storage._s3direct import DirectReads, direct_blocker
+from astream.storage._s3direct import (
+    DirectReads,
+    Resolved,
+    StaticCredentials,
+    direct_blocker,
+    resolve,
+    sign_v4,
+)
 from astream.storage.s3 import S3Store
 from tests.servers.moto_s3 import MotoS3, moto_s3_server_with_auth
 from tests.servers.process import ServerUnavailable
@@ -163,3 +170,96 @@ def test_what_leaves_reads_to_the_sdk(
         assert blocker is None
     else:
         assert blocker is not None and reason in blocker
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "token"),
+    [
+        (
+            "http://127.0.0.1:9000/bkt/dir/a%20b%2Bc%3Dd~e%25f%20%C3%A9.bin",
+            {"Range": "bytes=0-99"},
+            None,
+        ),
+        (
+            "https://bkt.s3.eu-west-1.amazonaws.com/k/shard.00000.mds",
+            {"Range": "bytes=1048576-2097151", "x-amz-request-payer": "requester"},
+            "session-token/with+odd=chars",
+        ),
+        ("https://s3.us-east-1.amazonaws.com/my.bkt/index.json", {}, None),
+    ],
+)
+def test_our_signature_is_botocores(
+    url: str, headers: dict[str, str], token: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    now = datetime.datetime(2026, 11, 30, 12, 34, 56, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    region = "eu-west-1" if "eu-west-1" in url else "us-east-1"
+    request = AWSRequest(method="GET", url=url, headers=dict(headers))
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    botocore.auth.S3SigV4Auth(credentials.get_frozen_credentials(), "s3", region).add_auth(request)
+    theirs = {name.lower(): value for name, value in request.headers.items()}
+
+    frozen = credentials.get_frozen_credentials()
+    keys = StaticCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+    assert sign_v4(url, headers, keys, region, now=now) == theirs
+
+
+def test_keys_in_the_environment_need_no_botocore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent"))
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CREDENTIAL_EXPIRATION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    options = {"aws_access_key_id": None, "aws_secret_access_key": None}
+    got = resolve(
+        bucket="bkt", endpoint_url=None, region=None, profile=None, explicit=options, unsigned=False
+    )
+    assert isinstance(got, Resolved)
+    assert got.region == "ap-south-1"
+    assert got.credentials == StaticCredentials("env-key", "env-secret", "env-token")
+    # Explicit keys come before the environment's, as for the SDK.
+    options = {"aws_access_key_id": "opt-key", "aws_secret_access_key": "opt-secret"}
+    got = resolve(
+        bucket="bkt", endpoint_url=None, region="us-west-2", profile=None, explicit=options,
+        unsigned=False,
+    )  # fmt: skip
+    assert isinstance(got, Resolved)
+    assert got.credentials == StaticCredentials("opt-key", "opt-secret")
+    assert got.region == "us-west-2"
+
+
+def test_a_config_file_is_read_through_botocore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-north-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    got = resolve(
+        bucket="bkt", endpoint_url=None, region=None, profile=None, explicit={}, unsigned=False
+    )
+    assert isinstance(got, Resolved)
+    assert got.region == "eu-north-1"  # from the profile, as the SDK reads it
+    frozen = got.credentials.get_frozen_credentials()
+    assert (frozen.access_key, frozen.secret_key) == ("env-key", "env-secret")
+    # A profile that asks for a FIPS endpoint leaves reads to the SDK.
+    config.write_text("[default]\nregion = us-east-1\nuse_fips_endpoint = true\n")
+    import astream.storage._s3direct as direct
+
+    monkeypatch.setattr(direct, "_sessions", {})
+    got = resolve(
+        bucket="bkt", endpoint_url=None, region=None, profile=None, explicit={}, unsigned=False
+    )
+    assert got == "use_fips_endpoint is configured"
