@@ -316,6 +316,9 @@ class RawHTTP:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._ssl = ssl_context
+        # Set by close(): a request still running then drops its connection when done
+        # instead of keeping it (nobody would close it).
+        self._closed = False
 
     async def get_into(
         self, url: str, start: int, end: int, fd: int, headers: Mapping[str, str] | None = None
@@ -397,7 +400,7 @@ class RawHTTP:
                 if head is None:
                     body = bytes(conn.memory) if conn.memory is not None else b""
                     conn.memory = conn.memory_view = None
-                    if conn.reusable:
+                    if conn.reusable and not self._closed:
                         self._idle.setdefault(key, []).append(conn)
                     else:
                         conn.abort()
@@ -468,7 +471,8 @@ class RawHTTP:
                     ) from None
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection; connections still in use close when their request ends."""
+        self._closed = True
         for conns in self._idle.values():
             for conn in conns:
                 conn.abort()
