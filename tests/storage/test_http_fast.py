@@ -21,6 +21,7 @@ from conformance import payload
 
 from astream.errors import StorageError
 from astream.storage import RetryConfig, TransferConfig
+from astream.storage._rawhttp import RawHTTP
 from astream.storage.http import HTTPStore
 
 pytestmark = pytest.mark.anyio
@@ -286,3 +287,51 @@ async def test_a_range_past_the_end_is_final(
             await store.download("data.bin", tmp_path / "out.bin", size=2 * len(DATA))
         assert store.retries == 0
     assert len(server.requests) == 2  # the 416 is final at once: not asked again
+
+
+async def both(request: web.Request) -> web.StreamResponse:
+    if "Range" in request.headers:
+        return await ranged(request)
+    return web.Response(body=DATA)
+
+
+async def test_reads_into_memory_take_the_lean_path(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    server = await serve({"/data.bin": both})
+    async with HTTPStore(server.url) as store:
+        assert await store.read("data.bin") == DATA
+        assert await store.read_range("data.bin", 12_345, 99_999) == DATA[12_345:99_999]
+        assert store._session is None  # aiohttp was never needed
+    assert len(server.peers) == 1
+    assert [r.headers.get("Range") for r in server.requests] == [None, "bytes=12345-99998"]
+
+
+async def test_a_chunked_whole_read_is_asked_again_through_aiohttp(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(DATA[:1000])
+        await response.write(DATA[1000:])
+        await response.write_eof()
+        return response
+
+    server = await serve({"/data.bin": chunked})
+    async with HTTPStore(server.url) as store:
+        assert await store.read("data.bin") == DATA
+        assert store._session is not None
+    assert len(server.requests) == 2  # the lean try, then aiohttp
+
+
+async def test_a_request_that_ends_after_close_keeps_no_connection(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    server = await serve({"/data.bin": both})
+    raw = RawHTTP({}, connections=4, connect_timeout=5.0, read_timeout=5.0)
+    request = asyncio.ensure_future(raw.get_bytes(f"{server.url}/data.bin"))
+    raw.close()  # before the request has even connected
+    assert await request == DATA
+    assert raw._idle == {}  # nobody would close a connection pooled now
