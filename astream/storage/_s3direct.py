@@ -61,6 +61,17 @@ _sessions_lock = threading.Lock()
 _resolve_lock = threading.Lock()
 
 
+def _new_locks_after_fork() -> None:
+    # A lock held by another thread at fork time (a credentials walk in progress) would stay
+    # held forever in the child: it gets its own.
+    global _sessions_lock, _resolve_lock
+    _sessions_lock = threading.Lock()
+    _resolve_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 def _plain_session(profile: str | None) -> Any:
     """A botocore session (credentials chain and config files) per profile and process."""
     with _sessions_lock:

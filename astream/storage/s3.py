@@ -66,6 +66,15 @@ _sessions: dict[str | None, Any] = {}
 _sessions_lock = threading.Lock()
 
 
+def _new_lock_after_fork() -> None:
+    # Held by another thread at fork time, the lock would stay held in the child forever.
+    global _sessions_lock
+    _sessions_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def _session(profile: str | None) -> Any:
     """One botocore session per profile and process, shared by every loop's clients.
 

@@ -263,3 +263,26 @@ def test_a_config_file_is_read_through_botocore(
         bucket="bkt", endpoint_url=None, region=None, profile=None, explicit={}, unsigned=False
     )
     assert got == "use_fips_endpoint is configured"
+
+
+def test_a_fork_while_credentials_resolve_does_not_deadlock_the_child() -> None:
+    import os
+    import warnings
+
+    import astream.storage._s3direct as direct
+    import astream.storage.s3 as s3
+
+    # Held here as another thread would hold them mid-walk when a DataLoader forks.
+    with direct._resolve_lock, direct._sessions_lock, s3._sessions_lock, warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads (the test servers'): the
+        # child here only takes locks and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:  # the child: every lock must be free
+            free = all(
+                lock.acquire(timeout=2)
+                for lock in (direct._resolve_lock, direct._sessions_lock, s3._sessions_lock)
+            )
+            os._exit(0 if free else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
