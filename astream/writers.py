@@ -117,13 +117,14 @@ class _Uploads:
 
         async def keys() -> list[str]:
             try:
-                return await self.store.list()
+                # Two keys say "one" or "more than one": no need to list a large prefix.
+                return await self.store.list(limit=2)
             except ObjectNotFoundError:  # no bucket or container yet: nothing in it either
                 return []
 
         found = self.loop.run(keys())
         if found:
-            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            more = " and more" if len(found) > 1 else ""
             raise FileExistsError(
                 f"remote is not empty: {self.store.url} holds {found[0]!r}{more} "
                 "(pass exist_ok=True to write over it)"

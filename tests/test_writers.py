@@ -157,8 +157,8 @@ class ProbeStore(Store):
     async def write(self, key: str, data: bytes) -> None:
         await self.inner.write(key, data)
 
-    async def list(self, prefix: str = "") -> list[str]:
-        return await self.inner.list(prefix)
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        return await self.inner.list(prefix, limit=limit)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -244,24 +244,28 @@ class AzureStore(BucketStore):
 
     # -- listing ---------------------------------------------------------------------------
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         container = self._container()
         full = self._list_prefix(prefix)
         names: list[str] = []
         token: str | None = None
-        while True:
+        while limit is None or len(names) < limit:
+            size = self.list_page_size if limit is None else min(limit - len(names), 5000)
 
-            async def op(token: str | None = token) -> tuple[list[str], str | None]:
-                pages = container.list_blobs(
-                    name_starts_with=full, results_per_page=self.list_page_size
-                ).by_page(continuation_token=token)
+            async def op(
+                token: str | None = token, size: int = size
+            ) -> tuple[list[str], str | None]:
+                pages = container.list_blobs(name_starts_with=full, results_per_page=size).by_page(
+                    continuation_token=token
+                )
                 page = await pages.__anext__()
                 return [blob.name async for blob in page], pages.continuation_token
 
             page_names, token = await self._retrying(prefix, op)
             names.extend(page_names)
             if not token:
-                return self._relative(names)
+                break
+        return self._relative(names)[:limit]
 
     # -- lifetime --------------------------------------------------------------------------
 

@@ -200,8 +200,12 @@ class Store(abc.ABC):
     # -- listing ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def list(self, prefix: str = "") -> list[str]:
-        """Every key under ``prefix`` (relative to the store root), sorted."""
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """Every key under ``prefix`` (relative to the store root), sorted.
+
+        :param limit: at most this many keys, the first in sorted order; listing stops as soon
+            as it has them (one small request to see whether a prefix holds anything).
+        """
 
     async def exists(self, key: str) -> bool:
         """Whether the object exists."""

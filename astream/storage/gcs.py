@@ -198,13 +198,15 @@ class GCSStore(BucketStore):
 
     # -- listing ---------------------------------------------------------------------------
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         client = await self._storage()
         full = self._list_prefix(prefix)
         names: list[str] = []
         token: str | None = None
-        while True:
+        while limit is None or len(names) < limit:
             params = {"prefix": full, "fields": "items(name),nextPageToken"}
+            if limit is not None:
+                params["maxResults"] = str(min(limit - len(names), 1000))
             if token:
                 params["pageToken"] = token
 
@@ -217,7 +219,8 @@ class GCSStore(BucketStore):
             names.extend(item["name"] for item in page.get("items", ()))
             token = page.get("nextPageToken")
             if not token:
-                return self._relative(names)
+                break
+        return self._relative(names)[:limit]
 
     # -- lifetime --------------------------------------------------------------------------
 

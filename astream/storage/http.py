@@ -290,5 +290,5 @@ class HTTPStore(Store):
     async def upload(self, src: str | os.PathLike[str], key: str) -> None:
         raise self._read_only("upload to", key)
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         raise StorageError(f"cannot list {self.join(prefix)}: http(s) stores have no listing")

@@ -168,7 +168,7 @@ class LocalStore(Store):
 
     # -- listing ---------------------------------------------------------------------------
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         # Prefix semantics as in object stores: a string prefix of the key, not a directory
         # ("sub/ind" matches "sub/index.json"). Walk only the deepest directory it names.
         head, _, _ = prefix.rpartition("/")
@@ -185,6 +185,6 @@ class LocalStore(Store):
                     if key.startswith(prefix):
                         keys.append(key)
             keys.sort()
-            return keys
+            return keys[:limit]
 
         return await self._io(prefix, walk)

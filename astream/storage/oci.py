@@ -361,13 +361,15 @@ class OCIStore(BucketStore):
 
     # -- listing ---------------------------------------------------------------------------
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         base = await self._base()
         full = self._list_prefix(prefix)
         names: list[str] = []
         start: str | None = None
-        while True:
+        while limit is None or len(names) < limit:
             query = {"prefix": full, "fields": "name"}
+            if limit is not None:
+                query["limit"] = str(min(limit - len(names), 1000))
             if start is not None:
                 query["start"] = start
 
@@ -381,7 +383,8 @@ class OCIStore(BucketStore):
             names.extend(item["name"] for item in page.get("objects", ()))
             start = page.get("nextStartWith")
             if not start:
-                return self._relative(names)
+                break
+        return self._relative(names)[:limit]
 
     # -- lifetime --------------------------------------------------------------------------
 

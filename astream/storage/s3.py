@@ -463,13 +463,15 @@ class S3Store(Store):
 
     # -- listing ---------------------------------------------------------------------------
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
         full = root + prefix.lstrip("/")
         keys: list[str] = []
         token: str | None = None
-        while True:
+        while limit is None or len(keys) < limit:
             params: dict[str, Any] = {"Prefix": full}
+            if limit is not None:
+                params["MaxKeys"] = min(limit - len(keys), 1000)
             if token:
                 params["ContinuationToken"] = token
             page = await self._call(prefix, "list_objects_v2", **params)
@@ -478,4 +480,4 @@ class S3Store(Store):
             if not page.get("IsTruncated") or not token:
                 break
         keys.sort()
-        return keys
+        return keys[:limit]

@@ -206,6 +206,8 @@ class StoreConformance:
         assert await store.list("b") == ["b/1.bin", "b/2.bin", "b/sub/3.bin", "bb.bin"]
         assert await store.list("b/sub/3") == ["b/sub/3.bin"]
         assert await store.list("zzz/") == []
+        assert await store.list("b/", limit=1) == ["b/1.bin"]
+        assert await store.list("zzz/", limit=1) == []
 
     async def test_list_paginates(self, store: Store, put: Put) -> None:
         if not self.listable or self.read_only:
@@ -223,6 +225,10 @@ class StoreConformance:
             for key in keys:
                 tg.start_soon(one, key)
         assert await store.list("many/") == keys
+        # A limit stops the listing early, across a page boundary too.
+        assert await store.list("many/", limit=3) == keys[:3]
+        assert await store.list("many/", limit=1002) == keys[:1002]
+        assert await store.list("many/", limit=len(keys) + 10) == keys
 
     # -- lifetime --------------------------------------------------------------------------
 
