@@ -12,9 +12,10 @@ straight into the result's buffer: the S3 store sends its signed reads this way.
 
 Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Range`` starts at
 the asked offset and whose ``Content-Length`` is the asked length (for a whole read, ``200``
-with a ``Content-Length``), with no transfer or content coding. Error statuses raise through the shared retry classification, as the aiohttp path's
-do (the same error types: 404 is ``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
-chunked body) makes :meth:`RawHTTP.get_into` return ``False`` (:meth:`RawHTTP.get_bytes`
+with a ``Content-Length``), with no transfer or content coding. Error statuses raise through
+the shared retry classification, as the aiohttp path's do (the same error types: 404 is
+``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200``
+from a server that ignores ranges, a chunked body) makes :meth:`RawHTTP.get_into` return ``False`` (:meth:`RawHTTP.get_bytes`
 ``None``) before any byte is written, and the caller asks again through a full client (aiohttp,
 an SDK), which speaks the rest of HTTP.
 

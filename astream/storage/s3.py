@@ -13,8 +13,9 @@ Requester-pays buckets: ``requester_pays=True``, or the bucket named in
 
 Reads (whole objects, ranges, the parts of a download) are signed by astream (SigV4, with the
 SDK's credentials) and sent through its lean HTTP client (:mod:`astream.storage._s3direct`)
-where that sends exactly what the SDK would; everything else, and every read the direct path cannot answer plainly,
-goes through aiobotocore. ``direct_reads=False`` sends every request through aiobotocore.
+where that sends exactly what the SDK would; everything else, and every read the direct path
+cannot answer plainly, goes through aiobotocore. ``direct_reads=False`` sends every request
+through aiobotocore.
 """
 
 from __future__ import annotations
