@@ -15,9 +15,9 @@ the asked offset and whose ``Content-Length`` is the asked length (for a whole r
 with a ``Content-Length``), with no transfer or content coding. Error statuses raise through
 the shared retry classification, as the aiohttp path's do (the same error types: 404 is
 ``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200``
-from a server that ignores ranges, a chunked body) makes :meth:`RawHTTP.get_into` return ``False`` (:meth:`RawHTTP.get_bytes`
-``None``) before any byte is written, and the caller asks again through a full client (aiohttp,
-an SDK), which speaks the rest of HTTP.
+from a server that ignores ranges, a chunked body) makes :meth:`RawHTTP.get_into` return
+``False`` (:meth:`RawHTTP.get_bytes` ``None``) before any byte is written, and the caller asks
+again through a full client (aiohttp, an SDK), which speaks the rest of HTTP.
 
 Connections are kept alive and reused per ``(scheme, host, port)``; every callback runs on the
 loop thread, and a request that ends early (error, timeout, cancellation) aborts its connection
@@ -114,7 +114,6 @@ class _Conn(asyncio.BufferedProtocol):
         self.memory_view: memoryview | None = None
         #: A whole-object read: any length, answered with 200 instead of 206.
         self.whole = False
-        self.in_memory = False
         self.start = 0  # the range asked for, to check the answer against
         self.want = 0
         self.offset = 0  # file offset of body[0]
@@ -185,7 +184,6 @@ class _Conn(asyncio.BufferedProtocol):
         self.filled = 0
         self.received_any = False
         self.memory = self.memory_view = None
-        self.in_memory = fd < 0
         self.whole = end is None
         want = 0 if end is None else end - start
         self.fd, self.start, self.want = fd, start, want
@@ -216,7 +214,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.mode = "body"
         if self.whole:
             self.want = self.todo = int(head.headers["content-length"])
-        if self.in_memory:
+        if self.fd < 0:  # memory mode
             self.memory = bytearray(self.want)
             self.memory_view = memoryview(self.memory)
         early = self.head_view[at + 4 : self.head_len]
@@ -293,7 +291,11 @@ class _Conn(asyncio.BufferedProtocol):
 
 
 class RawHTTP:
-    """Kept-alive connections of one store on one loop, for ranged GETs into files."""
+    """Kept-alive connections of one store on one loop, for ranged GETs into files.
+
+    Made on the running loop it serves (:attr:`loop`); a caller on another loop (after a fork,
+    in a new worker) makes its own.
+    """
 
     def __init__(
         self,
@@ -305,6 +307,8 @@ class RawHTTP:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         check_headers(headers)
+        #: The loop whose connections these are.
+        self.loop = asyncio.get_running_loop()
         names = {name.lower() for name in headers}
         self._extra = "".join(
             f"{name}: {value}\r\n"
@@ -472,8 +476,18 @@ class RawHTTP:
                     ) from None
 
     def close(self) -> None:
-        """Close every idle connection; connections still in use close when their request ends."""
+        """Close every idle connection; connections still in use close when their request ends.
+
+        Called from any other loop (its own has gone, after a fork), it only marks the client
+        closed: its transports belong to that loop.
+        """
         self._closed = True
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is not self.loop:
+            return
         for conns in self._idle.values():
             for conn in conns:
                 conn.abort()

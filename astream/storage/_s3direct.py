@@ -254,7 +254,6 @@ class DirectReads:
         self._ca_bundle = ca_bundle
         self._ssl: ssl.SSLContext | None = None
         self._raw: RawHTTP | None = None
-        self._raw_loop: asyncio.AbstractEventLoop | None = None
         #: Set when the SDK succeeded where this path was refused: use the SDK from then on.
         self.disabled = False
 
@@ -263,8 +262,7 @@ class DirectReads:
         return self._root + urllib.parse.quote(object_key, safe="/~")
 
     def _get_raw(self) -> RawHTTP:
-        loop = asyncio.get_running_loop()
-        if self._raw is None or self._raw_loop is not loop:
+        if self._raw is None or self._raw.loop is not asyncio.get_running_loop():
             if self._ssl is None and self._ca_bundle and self._root.startswith("https:"):
                 self._ssl = ssl.create_default_context(cafile=self._ca_bundle)
             self._raw = RawHTTP(
@@ -274,7 +272,6 @@ class DirectReads:
                 read_timeout=self._read_timeout,
                 ssl_context=self._ssl,
             )
-            self._raw_loop = loop
         return self._raw
 
     async def _signed(self, url: str, headers: dict[str, str]) -> dict[str, str]:
@@ -306,10 +303,9 @@ class DirectReads:
         return await self._get_raw().get_bytes(url, start, end, signed)
 
     def close(self) -> None:
-        """Close the current loop's idle connections (call on that loop)."""
-        raw, loop = self._raw, self._raw_loop
-        self._raw = self._raw_loop = None
-        if raw is not None and loop is asyncio.get_running_loop():
+        """Close the idle connections (on their loop; see :meth:`RawHTTP.close`)."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
             raw.close()
 
 
@@ -321,6 +317,10 @@ class Resolved:
     ca_bundle: str | None
     #: ``None`` for unsigned requests.
     credentials: Any
+
+
+def _static(key: str | None, secret: str | None, token: str | None) -> StaticCredentials | None:
+    return StaticCredentials(key, secret, token or None) if key and secret else None
 
 
 def resolve(
@@ -335,71 +335,57 @@ def resolve(
     """Settings and credentials for direct reads, or why there are none (a blocker).
 
     Blocking (a botocore chain may read files or call the instance metadata service): call it
-    in a thread.
+    in a thread. One call at a time: the first walk may be slow, and the botocore session it
+    loads is kept for the next.
     """
-    with _resolve_lock:  # one chain walk at a time (the first request's may be slow)
-        return _resolve(bucket, endpoint_url, region, profile, explicit, unsigned)
-
-
-def _static(key: str | None, secret: str | None, token: str | None) -> StaticCredentials | None:
-    return StaticCredentials(key, secret, token or None) if key and secret else None
-
-
-def _resolve(
-    bucket: str,
-    endpoint_url: str | None,
-    region: str | None,
-    profile: str | None,
-    explicit: Mapping[str, str | None],
-    unsigned: bool,
-) -> Resolved | str:
-    credentials = None
-    if not unsigned:
-        credentials = _static(
-            explicit.get("aws_access_key_id"),
-            explicit.get("aws_secret_access_key"),
-            explicit.get("aws_session_token"),
+    with _resolve_lock:
+        credentials = None
+        if not unsigned:
+            credentials = _static(
+                explicit.get("aws_access_key_id"),
+                explicit.get("aws_secret_access_key"),
+                explicit.get("aws_session_token"),
+            )
+        config = Path(os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"))
+        env_only = (
+            not profile
+            and not os.environ.get("AWS_PROFILE")
+            and not os.environ.get("AWS_DEFAULT_PROFILE")
+            and not config.exists()
         )
-    config = Path(os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"))
-    env_only = (
-        not profile
-        and not os.environ.get("AWS_PROFILE")
-        and not os.environ.get("AWS_DEFAULT_PROFILE")
-        and not config.exists()
-    )
-    # botocore's chain starts with the environment; keys with an expiry are refreshable
-    # credentials of its own making.
-    if (
-        env_only
-        and not unsigned
-        and credentials is None
-        and not os.environ.get("AWS_CREDENTIAL_EXPIRATION")
-    ):
-        credentials = _static(
-            os.environ.get("AWS_ACCESS_KEY_ID"),
-            os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN"),
-        )
-    if env_only and (unsigned or credentials is not None):
-        # Everything the SDK would read is in the environment: no botocore needed.
-        blocker = _env_blocker(bucket, endpoint_url)
+        # botocore's chain starts with the environment; keys with an expiry are refreshable
+        # credentials of its own making.
+        if (
+            env_only
+            and not unsigned
+            and credentials is None
+            and not os.environ.get("AWS_CREDENTIAL_EXPIRATION")
+        ):
+            credentials = _static(
+                os.environ.get("AWS_ACCESS_KEY_ID"),
+                os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN"),
+            )
+        if env_only and (unsigned or credentials is not None):
+            # Everything the SDK would read is in the environment: no botocore needed.
+            blocker = _env_blocker(bucket, endpoint_url)
+            if blocker is not None:
+                return blocker
+            return Resolved(
+                region=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
+                credentials=credentials,
+            )
+        session = _plain_session(profile)
+        blocker = direct_blocker(session, bucket, endpoint_url)
         if blocker is not None:
             return blocker
+        if not unsigned and credentials is None:
+            credentials = session.get_credentials()
+            if credentials is None:
+                return "no credentials found (the SDK reports it)"
         return Resolved(
-            region=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None,
+            region=region or session.get_config_variable("region") or "us-east-1",
+            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or session.get_config_variable("ca_bundle"),
             credentials=credentials,
         )
-    session = _plain_session(profile)
-    blocker = direct_blocker(session, bucket, endpoint_url)
-    if blocker is not None:
-        return blocker
-    if not unsigned and credentials is None:
-        credentials = session.get_credentials()
-        if credentials is None:
-            return "no credentials found (the SDK reports it)"
-    return Resolved(
-        region=region or session.get_config_variable("region") or "us-east-1",
-        ca_bundle=os.environ.get("AWS_CA_BUNDLE") or session.get_config_variable("ca_bundle"),
-        credentials=credentials,
-    )

@@ -42,7 +42,7 @@ class HTTPStore(Store):
     """Objects are resources under a root URL, fetched with GET/HEAD and ``Range``."""
 
     schemes = ("http", "https")
-    _live_attributes = ("_session", "_session_loop", "_raw", "_raw_loop")
+    _live_attributes = ("_session", "_session_loop", "_raw")
 
     def __init__(
         self,
@@ -64,7 +64,6 @@ class HTTPStore(Store):
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._raw: RawHTTP | None = None
-        self._raw_loop: asyncio.AbstractEventLoop | None = None
 
     def join(self, key: str) -> str:
         key = key.lstrip("/")
@@ -100,8 +99,7 @@ class HTTPStore(Store):
         return self._session
 
     def _get_raw(self) -> RawHTTP:
-        loop = asyncio.get_running_loop()
-        if self._raw is None or self._raw_loop is not loop:
+        if self._raw is None or self._raw.loop is not asyncio.get_running_loop():
             self._raw = RawHTTP(
                 self.headers,
                 connections=self.connections,
@@ -109,13 +107,11 @@ class HTTPStore(Store):
                 read_timeout=self.retry.read_timeout,
                 ssl_context=self.ssl,
             )
-            self._raw_loop = loop
         return self._raw
 
     async def aclose(self) -> None:
-        raw, loop = self._raw, self._raw_loop
-        self._raw = self._raw_loop = None
-        if raw is not None and loop is asyncio.get_running_loop():
+        raw, self._raw = self._raw, None
+        if raw is not None:
             raw.close()
         session, self._session, self._session_loop = self._session, None, None
         if session is not None and not session.closed:
