@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from torch import Tensor
-from torch.utils.data import DataLoader
+from astream.errors import MissingDependencyError
+
+try:
+    from torch import Tensor
+    from torch.utils.data import DataLoader
+except ModuleNotFoundError:  # the chain would only repeat "No module named 'torch'"
+    raise MissingDependencyError(
+        "StreamingDataLoader needs torch, which is not installed: pip install 'astream[torch]'"
+    ) from None
 
 from astream.dataset import StreamingDataset
 from astream.plan import detect_world

@@ -13,7 +13,6 @@ import socket
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,9 +63,6 @@ def serve(root: Path) -> Iterator[str]:
 
 
 def main() -> None:
-    # Decoded arrays are read-only views of their sample bytes (as in mosaicml-streaming);
-    # torch's collate warns about that once per worker. The batches it builds are copies.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=None)

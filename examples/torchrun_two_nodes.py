@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -100,9 +99,6 @@ def launch() -> None:
 
 
 def main() -> None:
-    # Decoded arrays are read-only views of their sample bytes (as in mosaicml-streaming);
-    # torch's collate warns about that once per worker. The batches it builds are copies.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", nargs=3, metavar=("REMOTE", "CACHE", "OUT"))
     args = parser.parse_args()

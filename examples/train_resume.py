@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +106,6 @@ def resume(remote: Path, cache: Path, checkpoint: Path, result: Path) -> None:
 
 
 def main() -> None:
-    # Decoded arrays are read-only views of their sample bytes (as in mosaicml-streaming);
-    # torch's collate warns about that once per worker. The batches it builds are copies.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--resume", nargs=4, metavar=("REMOTE", "CACHE", "CKPT", "RESULT"))
     args = parser.parse_args()

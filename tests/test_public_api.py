@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -32,3 +34,21 @@ def test_missing_objects_are_file_not_found() -> None:
     assert issubclass(astream.ObjectNotFoundError, FileNotFoundError)
     assert issubclass(astream.StorageTimeoutError, TimeoutError)
     assert issubclass(astream.IndexFormatError, ValueError)
+
+
+def test_loader_without_torch_names_the_extra() -> None:
+    # A fresh interpreter where torch cannot be imported, as after `pip install astream`.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import astream\n"
+        "astream.StreamingDataset\n"  # the dataset works without torch
+        "try:\n"
+        "    from astream import StreamingDataLoader\n"
+        "except astream.MissingDependencyError as exc:\n"
+        "    assert exc.__cause__ is None and exc.__suppress_context__, exc\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'astream[torch]'" in out.stdout, out

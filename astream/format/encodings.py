@@ -208,7 +208,10 @@ class NDArrayEncoding(Encoding):
         count = int(np.prod(shape))
         if len(data) - pos != count * dtype.itemsize:
             raise ValueError(f"ndarray payload of {len(data) - pos} bytes does not fit {shape}")
-        return np.frombuffer(data, dtype, count, pos).reshape(shape)
+        # A copy, so the array is writable: torch warns on (and cannot safely share) read-only
+        # arrays, and ``data`` is a slice already copied out of the shard, so nothing is lost.
+        array: np.ndarray[Any, Any] = np.frombuffer(data, dtype, count, pos).reshape(shape)
+        return array.copy()
 
 
 def _pil() -> Any:

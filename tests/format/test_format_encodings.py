@@ -106,6 +106,15 @@ def test_ndarray_with_dtype_in_the_name(array: np.ndarray[Any, Any]) -> None:
     np.testing.assert_array_equal(roundtrip(f"ndarray:{array.dtype.name}", array), array)
 
 
+@pytest.mark.parametrize("spec", ["ndarray", "ndarray:float32", "ndarray:float32:3,4"])
+def test_decoded_ndarray_is_writable(spec: str) -> None:
+    # torch warns on read-only arrays ("The given NumPy array is not writable") in every
+    # DataLoader's collate; a decoded array must be the reader's own.
+    decoded = roundtrip(spec, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert decoded.flags.writeable
+    decoded[0, 0] = 7
+
+
 def test_ndarray_with_dtype_and_shape_in_the_name_is_fixed_size() -> None:
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     encoding = get_encoding("ndarray:float32:3,4")
