@@ -210,8 +210,7 @@ class NDArrayEncoding(Encoding):
             raise ValueError(f"ndarray payload of {len(data) - pos} bytes does not fit {shape}")
         # A copy, so the array is writable: torch warns on (and cannot safely share) read-only
         # arrays, and ``data`` is a slice already copied out of the shard, so nothing is lost.
-        array: np.ndarray[Any, Any] = np.frombuffer(data, dtype, count, pos).reshape(shape)
-        return array.copy()
+        return np.array(np.frombuffer(data, dtype, count, pos).reshape(shape))
 
 
 def _pil() -> Any:
