@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
     "CSVWriter": "astream.writers",
     "TSVWriter": "astream.writers",
     "XSVWriter": "astream.writers",
-    "merge_index": "astream.format",
+    "merge_index": "astream.merge",
     "load_index": "astream.format",
     "open_shard": "astream.format",
     "DatasetIndex": "astream.format",

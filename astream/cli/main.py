@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--overwrite", action="store_true", help="replace a dataset at DST")
     cp.add_argument("--concurrency", type=_positive, default=8, help="files in flight")
 
+    merge = _command(
+        subparsers, "merge", "merge", "write one index over datasets written in parts", json_=True
+    )
+    merge.add_argument("out", help="the folder or URL the parts lie under")
+    merge.add_argument(
+        "parts",
+        nargs="*",
+        help="part folders or index files, relative to OUT or full (default: every index.json "
+        "below OUT)",
+    )
+
     bench = _command(subparsers, "bench", "bench", "stream a dataset once and time it", json_=True)
     bench.add_argument("url", help="the dataset's folder or URL")
     bench.add_argument("--limit", type=_positive, help="stop after this many samples")
@@ -181,6 +192,10 @@ def _runner(name: str) -> _Command:
         from astream.cli.transfer import run_cp
 
         return run_cp
+    if name == "merge":
+        from astream.cli.merge import run_merge
+
+        return run_merge
     if name == "bench":
         from astream.cli.bench import run_bench
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_basename",
     "load_index",
     "merge_index",
+    "merged_index_json",
 ]
 
 INDEX_BASENAME = "index.json"
@@ -315,6 +316,32 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
     return DatasetIndex(shards)
 
 
+def merged_index_json(parts: Sequence[tuple[str, DatasetIndex]]) -> bytes:
+    """The ``index.json`` that joins ``parts``, each ``(prefix, its index)``, in that order.
+
+    Every basename of a part gets its prefix (``part0/shard.00000.mds``); a prefix of ``""``
+    or ``"."`` leaves its basenames as they are. Keys and spacing as mosaicml-streaming
+    writes a merged index (no key sorting). Pure: no file is read or written.
+
+    :raises IndexFormatError: when a prefix is not a plain relative path, or two parts name
+        the same file.
+    """
+    merged: list[dict[str, Any]] = []
+    for prefix, part in parts:
+        prefix = prefix.strip("/")
+        if prefix not in ("", "."):
+            check_basename(prefix, "merge_index: part prefix")
+        for shard in part.shards:
+            entry = json.loads(json.dumps(shard.entry))
+            for key in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
+                if entry.get(key) and prefix not in ("", "."):
+                    entry[key]["basename"] = f"{prefix}/{entry[key]['basename']}"
+            merged.append(entry)
+    data = json.dumps({"version": 2, "shards": merged}).encode("utf-8")
+    load_index(data, source="merged index")  # refuses two parts naming one file
+    return data
+
+
 def merge_index(
     out: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     index_files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
@@ -328,7 +355,7 @@ def merge_index(
     atomically and returned.
 
     mosaicml-streaming's call form ``merge_index(index_files, out)`` (the list first) is
-    accepted too.
+    accepted too. :func:`astream.merge_index` does the same on store URLs.
 
     :raises IndexFormatError: when a part's index is malformed or lies outside ``out``.
     :raises FileNotFoundError: when ``out`` or a named index file does not exist.
@@ -341,6 +368,11 @@ def merge_index(
         out, index_files = index_files, listed
     elif index_files is not None and isinstance(index_files, str | os.PathLike):
         raise TypeError("merge_index(out, index_files): index_files must be a list of paths")
+    if "://" in os.fspath(out):
+        raise ValueError(
+            f"merge_index: {os.fspath(out)} is a URL; astream.merge_index merges on stores "
+            "(this one merges local folders only)"
+        )
     root = Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"merge_index: {root} is not a directory")
@@ -352,25 +384,14 @@ def merge_index(
         )
     else:
         paths = list(dict.fromkeys(Path(path) for path in index_files))
-    merged: list[dict[str, Any]] = []
+    parts: list[tuple[str, DatasetIndex]] = []
     for path in paths:
         try:
             prefix = path.resolve().parent.relative_to(root.resolve()).as_posix()
         except ValueError as exc:
             raise IndexFormatError(f"{path}: merge_index needs index files under {root}") from exc
-        part = load_index(path.read_bytes(), source=str(path))
-        for shard in part.shards:
-            entry = json.loads(json.dumps(shard.entry))
-            for key in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
-                if entry.get(key):
-                    entry[key]["basename"] = (
-                        f"{prefix}/{entry[key]['basename']}"
-                        if prefix != "."
-                        else entry[key]["basename"]
-                    )
-            merged.append(entry)
-    # Key order and spacing as mosaicml-streaming writes a merged index (no key sorting).
-    data = json.dumps({"version": 2, "shards": merged}).encode("utf-8")
+        parts.append((prefix, load_index(path.read_bytes(), source=str(path))))
+    data = merged_index_json(parts)
     result = load_index(data, source=str(root / INDEX_BASENAME))
     write_atomic(root / INDEX_BASENAME, data)
     return result
