@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 
 from astream.errors import AstreamError, EncodingError
-from astream.format import get_encoding, is_compression, is_hash
+from astream.format import compression_names, get_encoding, is_hash, parse_compression
 from astream.units import parse_bytes
 
 __all__ = ["build_parser", "main"]
@@ -45,8 +46,10 @@ def _columns(text: str) -> dict[str, str]:
 def _compression(text: str) -> str | None:
     if text.lower() in ("", "none"):
         return None
-    if not is_compression(text):
-        raise argparse.ArgumentTypeError(f"unknown compression {text!r}")
+    try:
+        parse_compression(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -85,6 +88,41 @@ def _positive(text: str) -> int:
     return value
 
 
+def _codecs() -> str:
+    return ", ".join(sorted(name for name in compression_names() if ":" not in name))
+
+
+_EXAMPLES = """\
+examples:
+  astream convert ./imagenet/train s3://bucket/imagenet --compression zstd --workers 8
+  astream convert corpus.jsonl ./corpus --select text --size-limit 32mb
+  astream info s3://bucket/imagenet
+  astream ls s3://bucket/imagenet --json
+  astream verify s3://bucket/imagenet --hash xxh64
+  astream cp s3://bucket/imagenet gs://other/imagenet
+  astream bench s3://bucket/imagenet --limit 10000 --shuffle
+"""
+
+
+def _convert_epilog() -> str:
+    from astream.format.encodings import encoding_names
+
+    encodings = ", ".join(sorted(name for name in encoding_names() if ":" not in name))
+    return (
+        "examples:\n"
+        "  astream convert ./imagenet/train ./imagenet-mds --compression zstd:7 --workers 4\n"
+        "  astream convert shards/ s3://bucket/laion --layout captions --hashes xxh64\n"
+        "  astream convert corpus.jsonl.gz ./corpus --format jsonl --select text,id\n"
+        "  astream convert rows.csv ./rows --columns id:int,vec:ndarray:float32:4\n"
+        f"\ncompression codecs: {_codecs()} (CODEC:LEVEL picks a level, e.g. zstd:7)\n"
+        + textwrap.fill(
+            f"column encodings: {encodings}, ndarray:DTYPE[:SHAPE]",
+            width=88,
+            subsequent_indent="  ",
+        )
+    )
+
+
 def _command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -92,8 +130,15 @@ def _command(
     help_: str,
     *,
     json_: bool = False,
+    epilog: str | None = None,
 ) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_, description=help_)
+    parser = subparsers.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.set_defaults(command=run)
     if json_:
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -102,16 +147,27 @@ def _command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``astream`` argument parser, every subcommand included."""
+    from astream import __version__
     from astream.convert.build import OUTPUT_FORMATS
     from astream.convert.layouts import LAYOUTS
 
     parser = argparse.ArgumentParser(
         prog="astream",
         description="Build, inspect, check, copy and benchmark astream datasets.",
+        epilog=_EXAMPLES + f"\ncompression codecs: {_codecs()}\n"
+        "`astream COMMAND --help` describes each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"astream {__version__}")
     subparsers = parser.add_subparsers(dest="name", metavar="COMMAND", required=True)
 
-    convert = _command(subparsers, "convert", "convert", "build a dataset from files you have")
+    convert = _command(
+        subparsers,
+        "convert",
+        "convert",
+        "build a dataset from files you have",
+        epilog=_convert_epilog(),
+    )
     convert.add_argument("src", help="a local file or folder")
     convert.add_argument("dst", help="a local folder or store URL (s3://, gs://, ...)")
     convert.add_argument("--layout", choices=LAYOUTS, help="what SRC holds (default: detect)")
@@ -123,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--select", type=_names, help="name,...: keep only these fields of SRC's samples"
     )
     convert.add_argument(
-        "--compression", type=_compression, help="codec, e.g. zstd or zstd:7 (default none)"
+        "--compression",
+        type=_compression,
+        help="codec, e.g. zstd or zstd:7 (default none; the codecs are listed below)",
     )
     convert.add_argument(
         "--hashes", type=_hashes, default=[], help="hash algorithms to record, e.g. sha1,xxh64"
@@ -200,12 +258,12 @@ def _runner(name: str) -> _Command:
         from astream.cli.bench import run_bench
 
         return run_bench
-    from astream.cli import inspect
+    from astream.cli import examine
 
     runners: dict[str, _Command] = {
-        "info": inspect.run_info,
-        "ls": inspect.run_ls,
-        "verify": inspect.run_verify,
+        "info": examine.run_info,
+        "ls": examine.run_ls,
+        "verify": examine.run_verify,
     }
     return runners[name]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Progress", "format_bytes", "print_json", "print_table", "progress"]
+__all__ = ["Progress", "format_bytes", "plural", "print_json", "print_table", "progress"]
 
 
 class Progress:
@@ -19,6 +19,8 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", bytes_: bool = False):
         self._bar: Any = None
+        #: What :meth:`update` has added up so far (counted with or without a bar).
+        self.count = 0
         if not sys.stderr.isatty():
             return
         try:
@@ -36,8 +38,20 @@ class Progress:
             dynamic_ncols=True,
         )
 
+    def set_total(self, total: int) -> None:
+        """Give the bar its total once it is known."""
+        if self._bar is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def set_postfix(self, text: str) -> None:
+        """Show ``text`` after the bar's counts."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def update(self, count: int = 1) -> None:
         """Advance the bar by ``count``."""
+        self.count += count
         if self._bar is not None:
             self._bar.update(count)
 
@@ -62,6 +76,11 @@ class Progress:
 def progress(total: int | None, desc: str, *, unit: str = "it", bytes_: bool = False) -> Progress:
     """A :class:`Progress` bar (``bytes_``: count bytes, shown as KiB/MiB)."""
     return Progress(total, desc, unit, bytes_)
+
+
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "shard")`` -> ``"1 shard"``; ``plural(2, "shard")`` -> ``"2 shards"``."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")

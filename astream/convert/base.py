@@ -149,7 +149,8 @@ def infer_columns(
                 names = ", ".join(sorted(kind.__name__ for kind in kinds))
                 raise EncodingError(
                     f"column {name!r} holds {names} values, which {fmt} shards cannot store "
-                    "(only str, int and float); write --format mds or pick columns with --columns"
+                    "(only str, int and float); write --format mds, or keep only the other fields "
+                    "with --select"
                 )
         else:
             columns[name] = _mds_kind(name, seen)

@@ -13,10 +13,12 @@ import json
 import multiprocessing
 import shutil
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +73,55 @@ class WriterOptions:
         )
 
 
+#: Progress callbacks: ``(samples, units)`` newly written.
+_Report = Callable[[int, int], None]
+
+#: Seconds between a worker's progress reports within one unit (a unit's end always reports).
+_REPORT_INTERVAL = 0.2
+
+
 def _write_units(
     source: Source,
     units: list[Any],
     out: Path | str,
     columns: Mapping[str, str],
     options: WriterOptions,
-    on_samples: Callable[[int], None] | None = None,
+    report: _Report | None = None,
 ) -> DatasetIndex:
     with options.writer(out, columns) as writer:
         for unit in units:
+            samples, last = 0, time.monotonic()
             for sample in source.read(unit):
                 writer.write(coerce_text(sample, columns) if source.text_values else sample)
-                if on_samples is not None:
-                    on_samples(1)
+                samples += 1
+                if report is not None and time.monotonic() - last > _REPORT_INTERVAL:
+                    report(samples, 0)
+                    samples, last = 0, time.monotonic()
+            if report is not None:
+                report(samples, 1)
     data = json.dumps({"shards": writer.shards, "version": 2})
     return load_index(data, source=str(out))
+
+
+# In a writer process: where its progress goes (the parent's queue, set by the pool).
+_reports: SimpleQueue[tuple[int, int]] | None = None
+
+
+def _init_writer_process(reports: SimpleQueue[tuple[int, int]]) -> None:
+    global _reports
+    _reports = reports
+
+
+def _write_part(
+    source: Source,
+    units: list[Any],
+    out: Path,
+    columns: Mapping[str, str],
+    options: WriterOptions,
+) -> DatasetIndex:
+    queue = _reports
+    report = None if queue is None else lambda samples, done: queue.put((samples, done))
+    return _write_units(source, units, out, columns, options, report)
 
 
 def _split(units: list[Any], parts: int) -> list[list[Any]]:
@@ -109,6 +144,7 @@ def write_dataset(
     options: WriterOptions | None = None,
     workers: int = 1,
     on_samples: Callable[[int], None] | None = None,
+    on_units: Callable[[int, int], None] | None = None,
 ) -> DatasetIndex:
     """Write every sample of ``source`` as a dataset in the local folder ``out``.
 
@@ -119,7 +155,10 @@ def write_dataset(
     :param select: keep only these fields of the source's samples (default: all).
     :param options: format, compression, hashes and shard size.
     :param workers: processes writing at once (each writes ``out/part-NNNNN``).
-    :param on_samples: called with counts of samples written (for progress).
+    :param on_samples: called with counts of samples written (for progress), from every
+        worker as it goes.
+    :param on_units: called with ``(done, total)`` counts of the source's units (files, byte
+        ranges, row groups): once with ``(0, total)`` before writing, then as units finish.
     :raises FileExistsError: when ``out`` is not empty.
     :raises FormatError: when the source holds no sample.
     :raises EncodingError: naming the column when a value does not fit its encoding.
@@ -140,27 +179,52 @@ def write_dataset(
         peek, options.format, text_values=source.text_values, overrides=columns
     )
     units = source.units()
+    done = 0
+
+    def report(samples: int, finished: int) -> None:
+        nonlocal done
+        done += finished
+        if on_samples is not None and samples:
+            on_samples(samples)
+        if on_units is not None and finished:
+            on_units(done, len(units))
+
+    if on_units is not None:
+        on_units(0, len(units))
     parts = max(1, min(workers, len(units)))
     if parts == 1:
-        return _write_units(source, units, out, inferred, options, on_samples)
+        return _write_units(source, units, out, inferred, options, report)
     if not isinstance(out, Path):
         raise ValueError(f"write_dataset with workers writes a local folder, not {out}")
     out.mkdir(parents=True, exist_ok=True)
     # spawn: the parent may run the IO loop thread, which a forked child must not inherit.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(parts, mp_context=context) as pool:
-        futures = [
-            pool.submit(_write_units, source, run, out / f"part-{k:05}", inferred, options)
+    # Workers report progress here as they write; its put() is synchronous, so every report
+    # of a part is in the pipe before the part's result is.
+    reports: SimpleQueue[tuple[int, int]] = context.SimpleQueue()
+
+    def drain() -> None:
+        while not reports.empty():
+            report(*reports.get())
+
+    with ProcessPoolExecutor(
+        parts, mp_context=context, initializer=_init_writer_process, initargs=(reports,)
+    ) as pool:
+        pending = {
+            pool.submit(_write_part, source, run, out / f"part-{k:05}", inferred, options)
             for k, run in enumerate(_split(units, parts))
-        ]
+        }
         try:
-            for future in as_completed(futures):
-                written = future.result()
-                if on_samples is not None:
-                    on_samples(written.samples)
+            while pending:
+                finished, pending = wait(pending, _REPORT_INTERVAL, FIRST_COMPLETED)
+                drain()
+                for future in finished:
+                    future.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+    drain()
+    reports.close()
     merge_index(out)
     path = out / INDEX_BASENAME
     return load_index(path.read_bytes(), source=str(path))
@@ -190,6 +254,7 @@ def convert(
     workers: int = 1,
     overwrite: bool = False,
     on_samples: Callable[[int], None] | None = None,
+    on_units: Callable[[int, int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> DatasetIndex:
     """Write ``source`` as a dataset at ``dst``: a local folder or any store URL.
@@ -210,6 +275,7 @@ def convert(
         "options": options,
         "workers": workers,
         "on_samples": on_samples,
+        "on_units": on_units,
     }
     if url_scheme(dst) == "file":
         out = _local_path(dst)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cli_support import Run, read_dataset
 
+import astream
 from astream.format import load_index
 
 
@@ -178,3 +179,30 @@ def test_python_dash_m_in_a_subprocess(dataset: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert bad.stderr.startswith("astream: error: no dataset at") and "Traceback" not in bad.stderr
+
+
+def test_version_and_help_show_examples_and_codecs(run: Run) -> None:
+    version = run("--version")
+    assert version.status == 0 and version.out == f"astream {astream.__version__}\n"
+    top = run("--help")
+    assert top.status == 0
+    assert "examples:\n  astream convert " in top.out and "astream verify " in top.out
+    assert "compression codecs: br, bz2, gz, lz4, snappy, zstd" in top.out
+    convert = run("convert", "--help").out
+    assert "examples:" in convert and "--select" in convert
+    assert "zstd" in convert and "column encodings: bytes," in convert and "jpeg" in convert
+    bad = run("convert", "a", "b", "--compression", "zz")
+    assert bad.status == 2 and "use one of br, bz2, gz, lz4, snappy, zstd" in bad.err
+
+
+def test_counts_are_singular_for_one(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"v": 1}\n')
+    result = run("convert", path, tmp_path / "one")
+    assert result.status == 0, result.err
+    assert result.out.startswith("wrote 1 sample in 1 shard (")
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "a.bin").write_bytes(b"x")
+    assert "(1 file)" in run("ls", tmp_path / "single").out
+    assert ": 1 shard, sizes only" in run("verify", tmp_path / "one").out
+    assert run("cp", tmp_path / "one", tmp_path / "two").out.startswith("copied 2 files")

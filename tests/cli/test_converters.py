@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cli_support import Run, jpeg, png, read_dataset, write_jsonl
 
+from astream.cli.output import progress
 from astream.convert import (
     CaptionPairs,
     ImageFolder,
@@ -334,3 +335,45 @@ def test_convert_to_s3(run: Run, image_folder: Path, tmp_path: Path, s3: str) ->
     )
     assert parallel.samples == 12
     assert run("verify", f"s3://{s3}/parallel").status == 0
+
+
+def test_progress_counts_units_with_a_total_from_every_worker(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    # 12 images are 12 units: the bar's total is known before writing, and with two workers
+    # each unit is reported as it finishes (not only each worker's part at its end).
+    units: list[tuple[int, int]] = []
+    samples: list[int] = []
+    convert(
+        ImageFolder(image_folder),
+        str(tmp_path / "out"),
+        columns={"image": "bytes"},
+        workers=2,
+        on_samples=samples.append,
+        on_units=lambda done, total: units.append((done, total)),
+    )
+    assert units == [(done, 12) for done in range(13)]
+    assert sum(samples) == 12
+
+
+def test_cli_shows_no_upload_bar_for_a_local_destination(
+    run: Run, jsonl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import astream.cli.transfer as transfer
+
+    bars: list[Any] = []
+
+    def recording(total: int | None, desc: str, **kwargs: Any) -> Any:
+        bars.append(progress(total, desc, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(transfer, "progress", recording)
+    assert run("convert", jsonl_file, tmp_path / "out", "--workers", "2").status == 0
+    [bar] = bars
+    assert bar.count == len(JSONLFiles([jsonl_file]).units())
+
+
+def test_jsonl_hint_names_select(run: Run, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"text": "a", "tags": ["x"]}])
+    result = run("convert", path, tmp_path / "out", "--format", "jsonl")
+    assert result.status == 1 and "--select" in result.err and "--columns" not in result.err

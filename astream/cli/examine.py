@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from astream.cli.output import format_bytes, print_json, print_table, progress
+from astream.cli.output import format_bytes, plural, print_json, print_table, progress
 from astream.convert.copy import DEFAULT_CONCURRENCY, read_index, run_limited, stored_files
 from astream.engine.loop import io_loop
 from astream.errors import AstreamError, ObjectNotFoundError
@@ -137,7 +137,7 @@ def run_ls(args: argparse.Namespace) -> int:
         return 0
     rows = [(format_bytes(e["bytes"]), e["path"]) for e in entries]
     total = sum(e["bytes"] for e in entries)
-    rows.append((format_bytes(total), f"total ({len(entries)} files)"))
+    rows.append((format_bytes(total), f"total ({plural(len(entries), 'file')})"))
     print_table(rows, right=(0,))
     return 0
 
@@ -249,6 +249,6 @@ def run_verify(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"shard {p.shard}: {p.file} {p.problem}")
     what = f"sizes and {_join(checked)} hashes" if checked else "sizes only (no hashes in index)"
-    verdict = f"{len(problems)} problem(s)" if problems else "all ok"
-    print(f"{args.url}: {len(index.shards)} shards, {what}: {verdict}")
+    verdict = plural(len(problems), "problem") if problems else "all ok"
+    print(f"{args.url}: {plural(len(index.shards), 'shard')}, {what}: {verdict}")
     return 1 if problems else 0
