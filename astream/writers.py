@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -59,6 +61,88 @@ PathLike = str | os.PathLike[str]
 Out = PathLike | tuple[PathLike, str]
 
 _W = TypeVar("_W", bound="_UploadingWriter")
+
+
+#: Folder of the system temp dir that holds the temporary directories of remote-only writers.
+SCRATCH_FOLDER = "astream-writers"
+
+
+class _Scratch:
+    """The temporary local directory of a writer whose ``out`` is only a remote URL.
+
+    It lives in ``<tempdir>/astream-writers/astream-writer-<token>`` beside a lock file
+    ``astream-writer-<token>.lock`` that its writer holds (``flock``) for its whole life. The
+    kernel drops the lock when the process dies, even by SIGKILL, so the next writer to start
+    finds directories whose lock it can take and removes them: a killed writer's files last
+    until the next run, never forever. A kept directory (``keep_local=True``) loses its lock
+    file and so is never taken for an orphan.
+    """
+
+    def __init__(self) -> None:
+        parent = Path(tempfile.gettempdir()) / SCRATCH_FOLDER
+        parent.mkdir(mode=0o700, exist_ok=True)
+        _remove_orphans(parent)
+        while True:
+            name = f"astream-writer-{secrets.token_hex(6)}"
+            lock_path = parent / f"{name}.lock"
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A cleaner may have taken the new file between its creation and our flock, and
+            # unlinked it: then it is not ours to trust, start over with a new name.
+            if _same_file(lock_path, fd):
+                break
+            os.close(fd)
+        self.path = parent / name
+        self._lock_path = lock_path
+        self._fd: int | None = fd
+        self.path.mkdir(mode=0o700)
+
+    def close(self, *, remove: bool) -> None:
+        """Remove the directory (or keep it, no longer held) and drop the lock; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._lock_path.unlink()
+        os.close(fd)  # releases the flock
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Remove the directories of writers that died without cleaning up (their lock is free)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith("astream-writer-")]
+    except OSError:
+        return
+    for name in names:
+        if not name.endswith(".lock"):
+            continue
+        lock_path = parent / name
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue  # removed meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live writer holds it
+        try:
+            # Still the lock file of that name (not unlinked by its writer or another cleaner)?
+            if _same_file(lock_path, fd):
+                shutil.rmtree(parent / name.removesuffix(".lock"), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
+        finally:
+            os.close(fd)
 
 
 def _split_out(out: Out) -> tuple[PathLike | None, str | None]:
@@ -265,10 +349,10 @@ class _UploadingWriter(_format.ShardWriter):
         self.remote = remote
         self._discard_local = remote is not None and not keep_local
         # A temporary directory of ours for a remote-only ``out`` (removed at the end).
-        self._temporary: Path | None = None
+        self._temporary: _Scratch | None = None
         if local is None:
-            self._temporary = Path(tempfile.mkdtemp(prefix="astream-writer-"))
-            local = self._temporary
+            self._temporary = _Scratch()
+            local = self._temporary.path
         self._uploads: _Uploads | None = None
         try:
             if remote is not None:
@@ -336,11 +420,9 @@ class _UploadingWriter(_format.ShardWriter):
         """Stop the uploads and close the store; remove the local files that are not kept."""
         if self._uploads is not None:
             self._uploads.close(cancel=cancel)
-        if not self._discard_local:
-            return
         if self._temporary is not None:
-            shutil.rmtree(self._temporary, ignore_errors=True)
-        elif not cancel:
+            self._temporary.close(remove=self._discard_local)
+        elif self._discard_local and not cancel:
             # A directory the caller named: its files were deleted as they were uploaded;
             # remove it when nothing else is left in it.
             with contextlib.suppress(OSError):

@@ -52,18 +52,20 @@ from astream.engine._locks import FileLock
 from astream.errors import AstreamError, CacheError, FormatError, ShardCorruptError
 from astream.format.codecs import decompress_file
 from astream.format.hashing import hash_file
-from astream.format.index import FileInfo, ShardInfo
+from astream.format.index import META_DIR, FileInfo, ShardInfo, check_basename
 from astream.storage.base import ProgressCallback, Store
 from astream.units import parse_bytes
 
 __all__ = ["CacheStatistics", "ShardCache", "ShardPin", "fetch_index"]
 
-_META_DIR = ".astream"
+_META_DIR = META_DIR
 # Marker of temporary files, as LocalStore's atomic writes use: a dot-file beside its target.
 _TMP_MARKER = ".astream-tmp-"
 # How many times acquire() re-fetches a shard that another process evicted between our fetch and
 # our pin. Only a limit far below the working set makes this happen twice in a row.
 _ACQUIRE_TRIES = 4
+# A stamp lists a shard's few file names; anything much larger was not written by a cache.
+_MAX_STAMP_BYTES = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,8 +92,39 @@ def _temp_name(final: Path) -> Path:
 def _has_size(path: Path, size: int) -> bool:
     try:
         return os.stat(path).st_size == size
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _stamp_files(name: str, data: bytes) -> list[str] | None:
+    """The basenames a stamp lists, or ``None`` when it is not one a cache could have written.
+
+    Stamps are files under the cache root, which anything may have written (an older version,
+    another tool, an attacker): eviction deletes what they list, so a stamp is trusted only
+    when it names files of its own shard, ``<raw basename>`` and ``<raw basename>.<suffix>``
+    (meta, compressed), each a basename an index could hold.
+    """
+    try:
+        files = json.loads(data)["files"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    raw = urllib.parse.unquote(name.removesuffix(".json"))
+    if not isinstance(files, list) or not files:
+        return None
+    for file in files:
+        if not isinstance(file, str):
+            return None
+        if file != raw and not (file.startswith(f"{raw}.") and "/" not in file[len(raw) :]):
+            return None  # another shard's file: its lock is not the one eviction holds
+        try:
+            check_basename(file, "stamp")
+        except FormatError:
+            return None
+    return files
 
 
 def _unlink(path: Path) -> None:
@@ -198,6 +231,14 @@ class ShardCache:
 
     def _stamp_path(self, shard: ShardInfo) -> Path:
         return self._meta / "shards" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.json"
+
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path``'s folder, symlinks resolved, lies in the root and outside the
+        cache's own ``.astream/`` (``path`` itself may be a symlink: unlinking removes the link).
+        """
+        root = os.path.realpath(self.root)
+        folder = os.path.realpath(path.parent)
+        return _within(folder, root) and not _within(folder, os.path.join(root, _META_DIR))
 
     def _ensure_dirs(self) -> None:
         (self._meta / "locks").mkdir(parents=True, exist_ok=True)
@@ -331,6 +372,11 @@ class ShardCache:
         if _has_size(dest, raw.bytes):
             return  # the meta file of a shard whose data file was evicted or lost
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if not self._inside(dest):
+            raise CacheError(
+                f"shard {shard.raw.basename}: {dest.parent} resolves outside the cache at "
+                f"{self.root} (a symlinked folder?); refusing to write there"
+            )
         temps: list[Path] = []
         try:
             if zip_info is None:
@@ -526,19 +572,24 @@ class ShardCache:
             if _TMP_MARKER in entry.name or not entry.name.endswith(".json"):
                 continue
             try:
-                stat = entry.stat()
+                stat = entry.stat(follow_symlinks=False)
+                if not entry.is_file(follow_symlinks=False) or stat.st_size > _MAX_STAMP_BYTES:
+                    continue  # not a stamp this cache wrote
                 key = (entry.name, stat.st_ino, stat.st_size)
                 files = self._stamp_files.get(key)
                 if files is None:
-                    with open(entry.path, encoding="utf-8") as handle:
-                        files = [self.root / name for name in json.load(handle)["files"]]
+                    with open(entry.path, "rb") as handle:
+                        names = _stamp_files(entry.name, handle.read(_MAX_STAMP_BYTES + 1))
+                    if names is None:
+                        continue  # torn, from an older layout, or hostile: not ours
+                    files = [self.root / name for name in names]
                     self._stamp_files[key] = files
-            except (FileNotFoundError, ValueError, KeyError, TypeError):
-                continue  # removed meanwhile, or a torn stamp from an older layout: not ours
+            except OSError:
+                continue  # removed meanwhile, or unreadable
             mtime = stat.st_mtime_ns
             size = 0
             for path in files:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     size += os.stat(path).st_size
             entries.append((mtime, entry.name, files, size))
         return entries
@@ -564,6 +615,19 @@ class ShardCache:
         if not self.evictable or self.limit is None:
             return 0
         return self._evict(needed, None)
+
+    def trim(self) -> int:
+        """Evict down to the limit now, as far as unpinned shards allow (never raises for
+        pinned ones). Called when a process starts using the cache, so a cache left over its
+        limit (by a smaller ``cache_limit`` than last run's) shrinks before anything downloads.
+
+        :returns: bytes freed.
+        """
+        if not self.evictable or self.limit is None or not self._meta.is_dir():
+            return 0
+        with contextlib.suppress(CacheError):
+            return self._evict(0, None)
+        return 0
 
     def _evict(self, needed: int, for_shard: str | None) -> int:
         limit = self.limit
@@ -591,7 +655,9 @@ class ShardCache:
                     # Raw files first: once one is gone the shard is no longer ready, and a
                     # stamp left by a kill right here is harmless (its files count 0 bytes).
                     for path in files:
-                        _unlink(path)
+                        # Basenames are checked, but a folder on the way may be a symlink.
+                        if self._inside(path):
+                            _unlink(path)
                     _unlink(self._meta / "shards" / name)
                 usage -= size
                 freed += size
@@ -638,14 +704,19 @@ async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json
     try:
         if path.exists():
             return await anyio.to_thread.run_sync(path.read_bytes)
-        path.parent.mkdir(parents=True, exist_ok=True)
         _remove_temps(path)
         # One whole GET (an index is small): no stat round trip before the download.
         data = await store.read(name)
         tmp = _temp_name(path)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(tmp.write_bytes, data)
             os.replace(tmp, path)
+        except OSError as exc:
+            # A full disk, a quota, a read-only cache: say which file, as for shards.
+            raise CacheError(
+                f"cannot write the index {path} into the cache: {exc.strerror or exc}"
+            ) from exc
         finally:
             _unlink(tmp)
         return data

@@ -110,7 +110,10 @@ def make_caches(table: ShardTable, cache_limit: int | None) -> list[ShardCache]:
         limit = None
         if cache_limit is not None and source.remote is not None:
             limit = max(1, cache_limit * totals[stream] // whole)
-        caches.append(ShardCache(source.local, limit=limit, evictable=source.remote is not None))
+        cache = ShardCache(source.local, limit=limit, evictable=source.remote is not None)
+        # A cache left over its limit by an earlier run shrinks before this one downloads.
+        cache.trim()
+        caches.append(cache)
     return caches
 
 

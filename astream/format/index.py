@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ INDEX_BASENAME = "index.json"
 #: Shard formats an index may name.
 SHARD_FORMATS = frozenset({"mds", "json", "csv", "tsv", "xsv"})
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
+# A shard header stores its sample count as a uint32.
+_MAX_SAMPLES = 0xFFFFFFFF - 1
+# A file size past the largest file offset (off_t) is no file's size.
+_MAX_FILE_BYTES = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,22 @@ class DatasetIndex:
         return json.dumps(obj, sort_keys=True).encode("utf-8")
 
 
+#: The folder of astream's own bookkeeping in a cache (locks, LRU stamps): no basename enters it.
+META_DIR = ".astream"
+# Temporary names: the cache's (".name.astream-tmp-PID-TOKEN") and write_atomic's (".name.PID.tmp").
+_TEMP_NAME = re.compile(r"\..*(\.astream-tmp-|\.\d+\.tmp$)")
+
+
 def check_basename(basename: str, where: str) -> None:
     """Refuse a basename that is not a plain relative path inside the dataset.
 
+    A cache keeps the dataset's files at their basenames beside its own bookkeeping, so a
+    basename may not name that either: a file of ``.astream/`` (locks and the LRU stamps that
+    eviction trusts), a temporary file's name, or the index itself.
+
     :raises IndexFormatError: naming ``where`` for an absolute path, ``..``, ``.``, an empty
-        component, a backslash, a drive letter or a NUL.
+        component, a backslash, a drive letter, a NUL, a path into ``.astream/``, a temporary
+        file's name or ``index.json``.
     """
     problem = None
     if not basename:
@@ -122,6 +138,12 @@ def check_basename(basename: str, where: str) -> None:
             problem = "contains '..'"
         elif "." in parts or "" in parts:
             problem = "contains an empty or '.' component"
+        elif any(part.lower() == META_DIR for part in parts):
+            problem = f"enters {META_DIR}/, astream's own folder in a cache"
+        elif any(_TEMP_NAME.match(part) for part in parts):
+            problem = "is a temporary file's name"
+        elif basename == INDEX_BASENAME:
+            problem = "is the index's own name"
     if problem is not None:
         raise IndexFormatError(
             f"{where}: basename {basename!r} {problem}; it must stay inside the dataset"
@@ -176,6 +198,8 @@ class _Reader:
         basename: str = self.get(value, "basename", where, str)
         check_basename(basename, f"{self.source}: {where}.basename")
         size = self.count(value, "bytes", where)
+        if size > _MAX_FILE_BYTES:
+            raise self.fail(f"{where}.bytes", f"{size} is larger than any file can be")
         hashes = self.get(value, "hashes", where, dict) if "hashes" in value else {}
         for algo, digest in hashes.items():
             self.check(digest, f"{where}.hashes.{algo}", str)
@@ -189,6 +213,22 @@ def _json_name(names: str) -> str:
         .replace("str", "string")
         .replace("NoneType", "null")
     )
+
+
+def _check_room(reader: _Reader, path: str, samples: int, info: FileInfo, key: str) -> None:
+    """Refuse a sample count that the file holding its offsets is too small for.
+
+    Checked before anything is sized from the count: each sample has at least its uint32
+    offset in the header (a count, then ``samples + 1`` offsets), so a small shard cannot
+    claim billions of samples and make a reader allocate for them.
+    """
+    header = 4 + 4 * (samples + 1)
+    if header > info.bytes:
+        raise reader.fail(
+            f"{path}.samples",
+            f"{samples} samples need a {header}-byte header, but {key} "
+            f"({info.basename}) is {info.bytes} bytes",
+        )
 
 
 def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
@@ -213,6 +253,8 @@ def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
     size_limit = obj.get("size_limit")
     if size_limit is not None:
         size_limit = reader.count(obj, "size_limit", path)
+    if samples > _MAX_SAMPLES:
+        raise reader.fail(f"{path}.samples", f"{samples} does not fit a shard's uint32 count")
     raw = reader.file_info(obj, "raw_data", path, optional=False)
     assert raw is not None
     zip_ = reader.file_info(obj, "zip_data", path, optional=True)
@@ -242,10 +284,18 @@ def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
             raise reader.fail(
                 path, "column_names, column_encodings and column_sizes differ in length"
             )
+        _check_room(reader, path, samples, raw, "raw_data")
         return ShardInfo(
             **common, column_names=names, column_encodings=encodings, column_sizes=sizes
         )
     raw_meta = reader.file_info(obj, "raw_meta", path, optional=False)
+    assert raw_meta is not None
+    _check_room(reader, path, samples, raw_meta, "raw_meta")
+    if samples > raw.bytes:  # every row or line ends with a non-empty newline
+        raise reader.fail(
+            f"{path}.samples",
+            f"{samples} samples cannot fit raw_data of {raw.bytes} bytes (one byte or more each)",
+        )
     zip_meta = reader.file_info(obj, "zip_meta", path, optional=True)
     if (zip_meta is None) != (compression is None):
         raise reader.fail(f"{path}.zip_meta", "must be present exactly when compression is set")
@@ -313,6 +363,17 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
                     f"basename {basename!r} is also used by shards[{seen[basename]}]",
                 )
             seen[basename] = i
+    for basename, i in seen.items():
+        # "a/b" beside a file "a": the file would have to be a folder too.
+        parts = basename.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                raise reader.fail(
+                    f"shards[{i}]",
+                    f"basename {basename!r} uses {folder!r}, a file of shards[{seen[folder]}], "
+                    "as a folder",
+                )
     return DatasetIndex(shards)
 
 

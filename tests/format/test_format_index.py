@@ -118,7 +118,7 @@ def _jsonl_entry(basename: str) -> dict[str, Any]:
         "hashes": [],
         "newline": "\n",
         "raw_data": {"basename": basename, "bytes": 3, "hashes": {}},
-        "raw_meta": {"basename": basename + ".meta", "bytes": 3, "hashes": {}},
+        "raw_meta": {"basename": basename + ".meta", "bytes": 40, "hashes": {}},
         "samples": 1,
         "size_limit": None,
         "version": 2,
