@@ -51,6 +51,14 @@ class Encoding(ABC):
     def decode(self, data: bytes) -> Any:
         """Return the value that ``data`` holds."""
 
+    def check_encoded(self, data: bytes) -> None:
+        """Check ``bytes`` a writer was given for this column, to be stored as they are.
+
+        A writer stores a ``bytes`` value verbatim (already encoded, as mosaicml-streaming
+        does); this cheap check (a type, a magic number) catches values that could never
+        decode. Raise ``TypeError``/``ValueError`` to refuse ``data``; the default accepts any.
+        """
+
     def with_args(self, args: str) -> Encoding:
         """Return the encoding for the spelling ``name:args`` (only parametric ones accept it)."""
         raise ValueError(f"encoding takes no arguments, got {args!r}")
@@ -76,6 +84,10 @@ class _Str(Encoding):
     def encode(self, value: Any) -> bytes:
         _require(value, str)
         return str(value).encode("utf-8")
+
+    def check_encoded(self, data: bytes) -> None:
+        # Read back as str, not as the bytes written: refuse rather than change the type.
+        raise TypeError("expected str, got bytes (decode it, or make the column bytes)")
 
     def decode(self, data: bytes) -> str:
         return bytes(data).decode("utf-8")
@@ -118,6 +130,9 @@ class _StrNumber(Encoding):
 
     def decode(self, data: bytes) -> Any:
         return self.kind(bytes(data).decode("utf-8"))
+
+    def check_encoded(self, data: bytes) -> None:
+        self.decode(data)  # short text; refuses what would not parse back
 
 
 # dtype code byte <-> numpy dtype name, as the MDS ndarray layout numbers them.
@@ -244,9 +259,17 @@ class _PIL(Encoding):
         return _pil().frombytes(mode, (width, height), bytes(data[12 + mode_len :]))
 
 
+# File signatures: a jpeg/png column given bytes checks that they start like such a file.
+_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}
+
+
 class _ImageFile(Encoding):
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
+
+    def check_encoded(self, data: bytes) -> None:
+        if not data.startswith(_MAGIC[self.fmt]):
+            raise ValueError(f"not a {self.fmt} file (it starts with {bytes(data[:8])!r})")
 
     def encode(self, value: Any) -> bytes:
         _require_image(value)
@@ -336,6 +359,9 @@ class _JSON(Encoding):
 
     def decode(self, data: bytes) -> Any:
         return json.loads(bytes(data).decode("utf-8"))
+
+    def check_encoded(self, data: bytes) -> None:
+        self.decode(data)  # UTF-8 JSON text, or a ValueError naming where it is not
 
 
 _REGISTRY: dict[str, Encoding] = {

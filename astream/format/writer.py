@@ -155,12 +155,19 @@ class ShardWriter(ABC):
     def write(self, sample: Mapping[str, Any]) -> None:
         """Add one sample, first finishing the current shard if the sample would overflow it.
 
-        :raises EncodingError: naming the column when a value does not fit; nothing of the
-            sample is written and the writer stays usable.
+        :raises EncodingError: naming the sample (its number in writing order, from 0) and
+            the column when a value does not fit its encoding, including ``bytes`` that could
+            never decode as it (text for a ``str`` column, non-image bytes for ``jpeg``/``png``,
+            invalid JSON for ``json``); nothing of the sample is written and the writer stays
+            usable.
         """
         if self._finished:
             raise RuntimeError(f"writer for {self.local} is already finished")
-        encoded = self.encode_sample(sample)
+        try:
+            encoded = self.encode_sample(sample)
+        except EncodingError as exc:
+            number = sum(shard["samples"] for shard in self.shards) + len(self._samples)
+            raise EncodingError(f"sample {number}: {exc}") from exc.__cause__
         size = len(encoded) + self.extra_bytes_per_sample
         # As mosaicml-streaming accounts: a sample bigger than the limit on its own still
         # closes the current shard first (which may leave a shard of 0 samples).
@@ -303,13 +310,17 @@ class MDSWriter(ShardWriter):
         parts: list[bytes] = []
         for name, spec, encoding, size in self._coders:
             value = _column(sample, name)
-            if isinstance(value, bytes):
-                datum = value  # written as-is, whatever the encoding (as the reference does)
-            else:
-                try:
+            try:
+                if isinstance(value, bytes):
+                    # Written as-is, whatever the encoding (as the reference does), once a
+                    # cheap check says it can decode (a str column refuses bytes; an image
+                    # column wants its file's magic number).
+                    encoding.check_encoded(value)
+                    datum = value
+                else:
                     datum = encoding.encode(value)
-                except (TypeError, ValueError, OverflowError, AttributeError) as exc:
-                    raise _encoding_error(name, spec, value, exc) from exc
+            except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+                raise _encoding_error(name, spec, value, exc) from exc
             if size is None:
                 if len(datum) > _U32_MAX:
                     raise _encoding_error(name, spec, value, "more than 4 GiB")

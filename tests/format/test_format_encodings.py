@@ -182,6 +182,47 @@ def test_unknown_encoding_is_refused_at_construction(tmp_path: Path) -> None:
         MDSWriter(out=tmp_path, columns={"a": "nope"})
 
 
+@pytest.mark.parametrize(
+    "spec,value,reason",
+    [
+        ("jpeg", b"GIF89a....", r"not a JPEG file \(it starts with b'GIF89a"),
+        ("png", b"\xff\xd8\xff\xe0 a jpeg", "not a PNG file"),
+        ("str", b"text", "expected str, got bytes"),
+        ("json", b"{not json", "Expecting property name"),
+        ("str_int", b"1.5", "invalid literal for int"),
+        ("int", b"123", "3 bytes, the column holds 8"),
+    ],
+)
+def test_bytes_that_cannot_decode_are_refused_at_write(
+    tmp_path: Path, spec: str, value: bytes, reason: str
+) -> None:
+    with MDSWriter(out=tmp_path / "ds", columns={"col": spec, "ok": "int"}) as writer:
+        writer.write({"col": _good_value(spec), "ok": 0})
+        writer.write({"col": _good_value(spec), "ok": 1})
+        with pytest.raises(
+            EncodingError, match=rf"^sample 2: column 'col' \(encoding '{spec}'\).*{reason}"
+        ):
+            writer.write({"col": value, "ok": 2})
+    index = load_index((tmp_path / "ds" / "index.json").read_bytes(), source="index.json")
+    assert index.samples == 2
+
+
+def _good_value(spec: str) -> Any:
+    """A value that a ``spec`` column accepts: bytes stored as they are, except for str."""
+    image = io.BytesIO()
+    if spec in ("jpeg", "png"):
+        _image().save(image, format=spec.upper())
+        return image.getvalue()
+    return {"str": "", "json": b"[1]", "str_int": b"12", "int": bytes(8)}[spec]
+
+
+def test_a_str_column_takes_only_str(tmp_path: Path) -> None:
+    with MDSWriter(out=tmp_path, columns={"s": "str"}) as writer:
+        with pytest.raises(EncodingError, match="sample 0: column 's'.*expected str, got bytes"):
+            writer.write({"s": b"abc"})
+        writer.write({"s": "abc"})
+
+
 def test_bytes_values_are_written_as_is_whatever_the_encoding() -> None:
     # The reference writes a bytes value verbatim into any column; readers then decode it.
     payload = np.arange(4, dtype=np.int16).tobytes()
