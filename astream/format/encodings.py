@@ -51,7 +51,7 @@ class Encoding(ABC):
     def decode(self, data: bytes) -> Any:
         """Return the value that ``data`` holds."""
 
-    def check_encoded(self, data: bytes) -> None:
+    def check_encoded(self, data: bytes) -> None:  # noqa: B027 (a hook; accepting is right)
         """Check ``bytes`` a writer was given for this column, to be stored as they are.
 
         A writer stores a ``bytes`` value verbatim (already encoded, as mosaicml-streaming

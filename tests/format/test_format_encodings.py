@@ -218,7 +218,7 @@ def _good_value(spec: str) -> Any:
 
 def test_a_str_column_takes_only_str(tmp_path: Path) -> None:
     with MDSWriter(out=tmp_path, columns={"s": "str"}) as writer:
-        with pytest.raises(EncodingError, match="sample 0: column 's'.*expected str, got bytes"):
+        with pytest.raises(EncodingError, match=r"sample 0: column 's'.*expected str, got bytes"):
             writer.write({"s": b"abc"})
         writer.write({"s": "abc"})
 
