@@ -24,6 +24,7 @@ __all__ = [
     "NDArrayEncoding",
     "encoding_names",
     "get_encoding",
+    "is_builtin_encoding",
     "register_encoding",
 ]
 
@@ -386,6 +387,13 @@ _REGISTRY: dict[str, Encoding] = {
 }
 # Parametric spellings ("ndarray:uint8:3,4") resolved once each.
 _RESOLVED: dict[str, Encoding] = {}
+# astream's own encodings; any other name was added with register_encoding.
+_BUILTIN = frozenset(_REGISTRY)
+
+
+def is_builtin_encoding(spec: str) -> bool:
+    """Return whether ``spec`` names one of astream's own encodings (not a registered one)."""
+    return spec.partition(":")[0] in _BUILTIN
 
 
 def register_encoding(name: str, encoding: Encoding) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import linecache
 import mmap
 import os
 import struct
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from astream.errors import MissingDependencyError, ShardCorruptError, UnsafeTypeError
-from astream.format.encodings import get_encoding
+from astream.format.encodings import get_encoding, is_builtin_encoding
 from astream.format.index import ShardInfo
 
 __all__ = [
@@ -131,6 +132,10 @@ class _MDSLayout(_Layout):
         self.columns = tuple(columns)
         self.plan = tuple((name, decode, size) for name, _spec, decode, size in columns)
         self.specs = dict(zip(names, encodings, strict=True))
+        # Columns whose encoding the user registered: its errors are the user's to see.
+        self.user_columns = frozenset(
+            name for name, spec in self.specs.items() if not is_builtin_encoding(spec)
+        )
         self.var_count = sum(size is None for size in sizes)
         # The body starts with one uint32 size per variable-size column, in column order.
         self.sizes = struct.Struct(f"<{self.var_count}I")
@@ -143,7 +148,9 @@ class _MDSLayout(_Layout):
         column's end covers them all; any failure (a bound, a decode error) goes to
         :meth:`decode_checked`, which finds the column at fault and raises the precise error.
         The generated source holds no name from the index: names and decoders are bound in
-        its namespace, so a hostile index cannot inject code.
+        its namespace, so a hostile index cannot inject code. The source is registered with
+        :mod:`linecache` under a name that says what it is (it depends only on the encodings
+        and sizes, which the name spells), so tracebacks through it show its lines.
         """
         namespace: dict[str, Any] = {
             "unpack_from": self.sizes.unpack_from,
@@ -183,7 +190,13 @@ class _MDSLayout(_Layout):
             "    except Exception:",
             "        return checked(buf, begin, end, source)",
         ]
-        exec("\n".join(lines), namespace)  # our own source, see above
+        source = "\n".join(lines) + "\n"
+        layout = ", ".join(
+            spec if size is None else f"{spec}[{size}]" for _name, spec, _d, size in self.columns
+        )
+        filename = f"<astream MDS decoder: {layout}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), namespace)  # our own source, see above
         decoder: Callable[[_Buffer, int, int, str], dict[str, Any]] = namespace["decode"]
         return decoder
 
@@ -212,6 +225,13 @@ class _MDSLayout(_Layout):
         except (MissingDependencyError, ShardCorruptError):
             raise
         except Exception as exc:
+            if name in self.user_columns:
+                # A registered encoding failed: maybe corrupt bytes, maybe a bug in it. Its own
+                # error goes up, so the user sees where; a note names the column and shard.
+                add_note = getattr(exc, "add_note", None)  # Python 3.11+
+                if add_note is not None:
+                    add_note(f"decoding column {name!r} ({self.specs[name]}) of {source}")
+                raise
             raise ShardCorruptError(
                 f"{source}: column {name!r} does not decode as {self.specs[name]}: {exc}"
             ) from exc

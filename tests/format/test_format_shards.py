@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from astream.errors import ShardCorruptError
 from astream.format import (
     CSVWriter,
     DatasetIndex,
+    Encoding,
     JSONLWriter,
     JSONWriter,
     MDSWriter,
@@ -26,12 +28,14 @@ from astream.format import (
     XSVWriter,
     decode_sample,
     decompress_file,
+    encoding_names,
     hash_file,
     load_index,
     offsets_range,
     open_shard,
     parse_offsets,
     payload_basename,
+    register_encoding,
 )
 
 
@@ -393,3 +397,31 @@ def test_any_column_name_reads_back(tmp_path: Path) -> None:
     index = read_index(tmp_path)
     with open_shard(index.shards[0], tmp_path) as reader:
         assert [reader[i] for i in range(len(reader))] == samples
+
+
+class _Buggy(Encoding):
+    """A user's encoding whose decode has a bug."""
+
+    def encode(self, value: Any) -> bytes:
+        return str(value).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return int(data) // 0
+
+
+def test_a_registered_encodings_error_goes_up_with_the_column_named(tmp_path: Path) -> None:
+    if "test_buggy" not in encoding_names():
+        register_encoding("test_buggy", _Buggy())
+    with MDSWriter(out=tmp_path, columns={"n": "int", "b": "test_buggy"}) as writer:
+        writer.write({"n": 1, "b": 7})
+    shard = read_index(tmp_path).shards[0]
+    with open_shard(shard, tmp_path) as reader, pytest.raises(ZeroDivisionError) as caught:
+        reader[0]
+    if sys.version_info >= (3, 11):
+        assert caught.value.__notes__ == [
+            "decoding column 'b' (test_buggy) of " + str(tmp_path / "shard.00000.mds")
+        ]
+    # The generated decoder's frame shows its source, under a name that says what it is.
+    [frame] = [f for f in traceback.extract_tb(caught.tb) if f.filename.startswith("<astream")]
+    assert frame.filename == "<astream MDS decoder: test_buggy, int[8]>"
+    assert frame.line == "return checked(buf, begin, end, source)"
