@@ -12,6 +12,7 @@ from typing import Any
 from astream.errors import (
     AstreamError,
     CacheError,
+    DatasetNotFoundError,
     EncodingError,
     FormatError,
     IndexFormatError,
@@ -59,6 +60,7 @@ _LAZY: dict[str, str] = {
 __all__ = (
     "AstreamError",
     "CacheError",
+    "DatasetNotFoundError",
     "EncodingError",
     "FormatError",
     "IndexFormatError",

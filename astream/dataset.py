@@ -23,7 +23,13 @@ from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_cache
 from astream.engine.loop import io_loop
 from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_sync
 from astream.engine.table import ShardTable, StreamSource
-from astream.errors import AstreamError, IndexFormatError, PlanError
+from astream.errors import (
+    AstreamError,
+    DatasetNotFoundError,
+    IndexFormatError,
+    ObjectNotFoundError,
+    PlanError,
+)
 from astream.format import DatasetIndex, load_index, open_shard
 from astream.plan import EpochPlan, OrderConfig, PlanState, StreamWeighting, World, detect_world
 from astream.storage import open_store
@@ -46,6 +52,10 @@ def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:  # run outside the except block: its errors must not chain "no running loop"
         return asyncio.run(coro)
     box: dict[str, Any] = {}
 
@@ -69,11 +79,19 @@ async def _load_indexes(sources: Sequence[StreamSource]) -> list[DatasetIndex]:
         local_index = source.local / "index.json"
         if source.remote is None:
             if not local_index.is_file():
-                raise FileNotFoundError(f"no index.json in the local dataset {source.local}")
+                raise DatasetNotFoundError(
+                    f"no dataset at {source.local}: {local_index} does not exist"
+                )
             return load_index(local_index.read_bytes(), source=str(local_index))
         store = open_store(source.remote, retry=source.retry, transfer=source.transfer)
         try:
             data = await fetch_index(store, source.local)
+        except DatasetNotFoundError:
+            raise
+        except ObjectNotFoundError as exc:
+            raise DatasetNotFoundError(
+                f"no dataset at {store.url}: {store.join('index.json')} does not exist"
+            ) from exc
         finally:
             await store.aclose()
         return load_index(data, source=store.join("index.json"))

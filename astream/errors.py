@@ -11,6 +11,7 @@
     ├── MissingDependencyError (ImportError)  an optional package (codec, SDK) is not installed
     ├── StorageError (OSError)              talking to a store failed
     │   ├── ObjectNotFoundError (FileNotFoundError)   the object or prefix does not exist
+    │   │   └── DatasetNotFoundError        no dataset (no index.json) at a folder or URL
     │   ├── StoragePermissionError (PermissionError)  403 and the like; never retried
     │   ├── StorageTimeoutError (TimeoutError)        connect or read timed out, after retries
     │   └── UnsupportedSchemeError          no store is registered for the URL's scheme
@@ -30,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "AstreamError",
     "CacheError",
+    "DatasetNotFoundError",
     "EncodingError",
     "FormatError",
     "IndexFormatError",
@@ -87,6 +89,13 @@ class StorageError(AstreamError, OSError):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The object or prefix does not exist in the store."""
+
+
+class DatasetNotFoundError(ObjectNotFoundError):
+    """No dataset at a local folder or store URL: its ``index.json`` does not exist.
+
+    The message always reads ``no dataset at WHERE: WHERE/index.json does not exist``.
+    """
 
 
 class StoragePermissionError(StorageError, PermissionError):

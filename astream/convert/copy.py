@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from astream.engine.loop import io_loop
-from astream.errors import ObjectNotFoundError, StorageError
+from astream.errors import DatasetNotFoundError, ObjectNotFoundError, StorageError
 from astream.format import INDEX_BASENAME, DatasetIndex, FileInfo, load_index
 from astream.storage import Store, open_store
 from astream.storage.local import LocalStore
@@ -66,13 +66,13 @@ async def run_limited(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) ->
 async def read_index(store: Store) -> tuple[bytes, DatasetIndex]:
     """The raw bytes and parsed form of the store's ``index.json``.
 
-    :raises ObjectNotFoundError: naming the URL when there is no index there.
+    :raises DatasetNotFoundError: naming the URL when there is no index there.
     :raises IndexFormatError: when the index is malformed.
     """
     try:
         data = await store.read(INDEX_BASENAME)
     except ObjectNotFoundError as exc:
-        raise ObjectNotFoundError(
+        raise DatasetNotFoundError(
             f"no dataset at {store.url}: {store.join(INDEX_BASENAME)} does not exist"
         ) from exc
     return data, load_index(data, source=store.join(INDEX_BASENAME))

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from astream import (
+    DatasetNotFoundError,
     IndexFormatError,
     ObjectNotFoundError,
     Prefetcher,
@@ -267,6 +268,26 @@ def test_corrupt_index_is_a_clear_error(tmp_path: Path) -> None:
     (src / "index.json").write_text('{"version": 2, "shards": [{"format": "mds"')
     with pytest.raises(IndexFormatError, match=r"index\.json"):
         StreamingDataset(local=src)
+
+
+def test_no_dataset_is_one_error_local_or_remote(tmp_path: Path) -> None:
+    # One class and one message shape whether the folder or the remote has no index.json, and
+    # no "During handling ... no running event loop" chained to it.
+    missing = tmp_path / "nothing"
+    with pytest.raises(DatasetNotFoundError) as local:
+        StreamingDataset(local=missing)
+    assert str(local.value) == f"no dataset at {missing}: {missing / 'index.json'} does not exist"
+    url = missing.as_uri()
+    with pytest.raises(DatasetNotFoundError) as remote:
+        StreamingDataset(remote=url, local=tmp_path / "cache")
+    assert str(remote.value) == str(local.value)  # a file:// store names the folder
+    for caught in (local, remote):
+        assert isinstance(caught.value, FileNotFoundError)
+        assert isinstance(caught.value, ObjectNotFoundError)
+        error: BaseException | None = caught.value
+        while error is not None:  # the whole chain, causes and contexts
+            assert "no running event loop" not in str(error)
+            error = error.__cause__ or error.__context__
 
 
 def test_unreachable_remote_is_a_clear_error(tmp_path: Path) -> None:
