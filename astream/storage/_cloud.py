@@ -10,6 +10,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 import anyio
 
 from astream.errors import StorageError
+from astream.storage._retry import RateFloor
 from astream.storage._transfer import pwrite_all
 from astream.storage.base import RetryConfig, Store, TransferConfig
 
@@ -66,21 +67,32 @@ class BucketStore(Store):
         return data
 
 
-async def write_body(chunks: AsyncIterable[bytes], fd: int, start: int, end: int, url: str) -> None:
+async def write_body(
+    chunks: AsyncIterable[bytes],
+    fd: int,
+    start: int,
+    end: int,
+    url: str,
+    retry: RetryConfig | None = None,
+) -> None:
     """Write a range response's body at its offsets of ``fd`` as it arrives (no part-sized
-    buffer); exactly ``end - start`` bytes, or :class:`~astream.errors.StorageError`.
+    buffer); exactly ``end - start`` bytes, or :class:`~astream.errors.StorageError`. With
+    ``retry``, the body is held to its :attr:`~RetryConfig.min_rate` (:class:`RateFloor`).
 
     A body cut off mid-way fails inside the iteration (aiohttp's payload error, retried by the
     caller's loop); a complete body that is short means the service clipped the range because
     the object is shorter, which is final.
     """
     offset = start
+    floor = RateFloor(retry, url) if retry is not None else None
     async for chunk in chunks:
         if offset + len(chunk) > end:
             raise StorageError(f"{url}: more than the {end - start} bytes asked for")
         # A page-cache write of one chunk costs less than a thread hop.
         pwrite_all(fd, chunk, offset)
         offset += len(chunk)
+        if floor is not None:
+            floor.check(offset - start)
     if offset != end:
         raise StorageError(
             f"range [{start}, {end}) of {url} gave {offset - start} bytes"

@@ -10,14 +10,24 @@ into the page cache, as a plain socket copy does.
 It also reads a range or a whole object into memory (:meth:`RawHTTP.get_bytes`), receiving
 straight into the result's buffer: the S3 store sends its signed reads this way.
 
-Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Range`` starts at
-the asked offset and whose ``Content-Length`` is the asked length (for a whole read, ``200``
-with a ``Content-Length``), with no transfer or content coding. Error statuses raise through
-the shared retry classification, as the aiohttp path's do (the same error types: 404 is
-``ObjectNotFoundError``, 416 a final ``StorageError``). Anything else (a redirect, a ``200``
-from a server that ignores ranges, a chunked body) makes :meth:`RawHTTP.get_into` return
-``False`` (:meth:`RawHTTP.get_bytes` ``None``) before any byte is written, and the caller asks
-again through a full client (aiohttp, an SDK), which speaks the rest of HTTP.
+Only the expected answer is handled: ``206 Partial Content`` whose ``Content-Length`` is the
+asked length (for a whole read, ``200`` with a ``Content-Length``), with no transfer or content
+coding. Its ``Content-Range`` must name exactly the asked bytes and a total that holds them
+(:func:`check_content_range`): any other is a final :class:`~astream.errors.StorageError`, not
+something to ask again. Error statuses raise through the shared retry classification, as the
+aiohttp path's do (the same error types: 404 is ``ObjectNotFoundError``, 416 a final
+``StorageError``). Anything else (a redirect, a ``200`` from a server that ignores ranges, a
+chunked body, a content coding, a URL the environment routes through a proxy) makes
+:meth:`RawHTTP.get_into` return ``False`` (:meth:`RawHTTP.get_bytes` ``None``) before any byte is
+written, and the caller asks again through a full client (aiohttp, an SDK), which speaks the
+rest of HTTP.
+
+Requests are sent as aiohttp sends them: the path percent-encoded where it is not already
+(:func:`quote_target`), header values in UTF-8, a caller's ``Host`` header in place of the URL's.
+
+Timeouts (:class:`~astream.storage.base.RetryConfig`): a request fails when nothing arrived for
+``read_timeout`` seconds, counted from the last byte received, or when, ``read_timeout`` seconds
+after it was sent, fewer than ``min_rate`` bytes per second have arrived on average since.
 
 Connections are kept alive and reused per ``(scheme, host, port)``; every callback runs on the
 loop thread, and a request that ends early (error, timeout, cancellation) aborts its connection
@@ -27,15 +37,25 @@ before returning, so no late write can reach a file descriptor the caller has cl
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 
+from astream.errors import StorageError
 from astream.storage._retry import TruncatedBody
 from astream.storage._transfer import pwrite_all
 
-__all__ = ["HTTPStatusError", "RawHTTP", "check_headers"]
+__all__ = [
+    "HTTPStatusError",
+    "RawHTTP",
+    "check_content_range",
+    "check_headers",
+    "proxied",
+    "quote_target",
+]
 
 # Bytes of status line and headers a response may use before the body.
 _HEAD_LIMIT = 64 << 10
@@ -43,8 +63,15 @@ _HEAD_LIMIT = 64 << 10
 _BODY_BUFFER = 1 << 20
 
 _Key = tuple[str, str, int]
-# Headers this client writes itself; callers' values for them are dropped.
+# Headers this client writes itself; callers' values for them are dropped (``Host`` is
+# taken from them when given, as aiohttp does).
 _OWN_HEADERS = frozenset({"host", "range", "accept-encoding", "connection"})
+# What aiohttp (yarl) leaves as it is in a path or query: RFC 3986's unreserved and
+# sub-delimiter characters, and escapes already made (``%XX``).
+_PATH_SAFE = "/:@!$&'()*+,;=~-._"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 
 
 def check_headers(headers: Mapping[str, str]) -> None:
@@ -52,6 +79,52 @@ def check_headers(headers: Mapping[str, str]) -> None:
     for name, value in headers.items():
         if any(c in text for text in (name, value) for c in "\r\n"):
             raise ValueError(f"HTTP header {name!r} holds a line break")
+
+
+def _quote(text: str, safe: str) -> str:
+    pieces = _ESCAPE.split(text)
+    return "".join(
+        piece if index % 2 else urllib.parse.quote(piece, safe=safe)
+        for index, piece in enumerate(pieces)
+    )
+
+
+def quote_target(path: str, query: str = "") -> str:
+    """The request target of a URL's path and query, percent-encoded as aiohttp sends it: a
+    space or a non-ASCII letter is encoded (UTF-8), an escape already made is kept."""
+    target = _quote(path or "/", _PATH_SAFE)
+    return f"{target}?{_quote(query, _QUERY_SAFE)}" if query else target
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment routes ``url`` through a proxy (``HTTP_PROXY``/``HTTPS_PROXY``
+    for its scheme, unless ``NO_PROXY`` names its host), as aiohttp's ``trust_env`` reads it."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    if not proxies.get(parts.scheme):
+        return False
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    return not bypass(parts.hostname or "", proxies)
+
+
+def check_content_range(value: str, start: int, end: int, url: str) -> int | None:
+    """Check a ``206``'s ``Content-Range`` against the asked bytes ``[start, end)``.
+
+    :returns: the object's total size (``None`` when the server sent ``*``).
+    :raises StorageError: the header is missing or malformed, names other bytes than those
+        asked, or a total that cannot hold them; a range that ends early because the object
+        ends there is reported as "past the end". Final: asking again gets the same answer.
+    """
+    match = _CONTENT_RANGE.match(value.strip())
+    total = None if match is None or match.group(3) == "*" else int(match.group(3))
+    if match is not None:
+        first, last = int(match.group(1)), int(match.group(2))
+        if first == start and last == end - 1 and (total is None or total > last):
+            return total
+        if first == start and last < end - 1 and total is not None and last == total - 1:
+            # The server clipped the range at the end of the object: a caller error.
+            raise StorageError(f"range [{start}, {end}) is past the end of {url} ({total} bytes)")
+    raise StorageError(f"{url}: unexpected Content-Range {value!r} for bytes {start}-{end - 1}")
 
 
 class HTTPStatusError(Exception):
@@ -115,11 +188,13 @@ class _Conn(asyncio.BufferedProtocol):
         #: A whole-object read: any length, answered with 200 instead of 206.
         self.whole = False
         self.start = 0  # the range asked for, to check the answer against
+        self.url = ""  # for messages
         self.want = 0
         self.offset = 0  # file offset of body[0]
         self.todo = 0  # body bytes not received yet
         self.received_any = False
-        self.progress = 0  # bumped on every receive, for the read timeout
+        #: The loop time of the last receive, for the read timeout.
+        self.last_receive = 0.0
 
     # -- asyncio's side ----------------------------------------------------------------------
 
@@ -141,7 +216,7 @@ class _Conn(asyncio.BufferedProtocol):
         return self.head_view[self.head_len :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.progress += 1
+        self.last_receive = asyncio.get_running_loop().time()
         self.received_any = True
         try:
             if self.mode == "body":
@@ -174,15 +249,17 @@ class _Conn(asyncio.BufferedProtocol):
     # -- the request ---------------------------------------------------------------------------
 
     def begin(
-        self, request: bytes, fd: int, start: int, end: int | None
+        self, request: bytes, fd: int, start: int, end: int | None, url: str
     ) -> asyncio.Future[_Head | None]:
         """Send ``request``; its body goes to ``fd`` at ``start``, or into memory when ``fd``
         is -1. ``end=None`` asks for the whole object (length from the answer)."""
         assert self.transport is not None
+        self.url = url
         self.mode = "head"
         self.head_len = 0
         self.filled = 0
         self.received_any = False
+        self.last_receive = asyncio.get_running_loop().time()
         self.memory = self.memory_view = None
         self.whole = end is None
         want = 0 if end is None else end - start
@@ -234,6 +311,11 @@ class _Conn(asyncio.BufferedProtocol):
         if head.status != (200 if self.whole else 206):
             return False
         headers = head.headers
+        if not self.whole:
+            # Wrong bytes are wrong whoever reads them: refused here, not asked again.
+            check_content_range(
+                headers.get("content-range", ""), self.start, self.start + self.want, self.url
+            )
         if "transfer-encoding" in headers:
             return False
         if headers.get("content-encoding", "identity").lower() not in ("", "identity"):
@@ -241,13 +323,12 @@ class _Conn(asyncio.BufferedProtocol):
         length = headers.get("content-length", "")
         if not length.isdigit():
             return False
-        if self.whole:
-            return True
-        if int(length) != self.want:
-            return False
-        unit, _, spec = headers.get("content-range", "").partition(" ")
-        first, dash, _rest = spec.partition("-")
-        return unit == "bytes" and bool(dash) and first.isdigit() and int(first) == self.start
+        if not self.whole and int(length) != self.want:
+            raise StorageError(
+                f"{self.url}: Content-Length {length} for the {self.want} bytes of "
+                f"Content-Range {headers['content-range']!r}"
+            )
+        return True
 
     def _body(self, nbytes: int) -> None:
         if self.memory is not None:
@@ -304,6 +385,7 @@ class RawHTTP:
         connections: int,
         connect_timeout: float | None,
         read_timeout: float | None,
+        min_rate: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         check_headers(headers)
@@ -315,7 +397,11 @@ class RawHTTP:
             for name, value in headers.items()
             if name.lower() not in _OWN_HEADERS
         )
+        self._host = next((v for n, v in headers.items() if n.lower() == "host"), None)
         self._agent = "" if "user-agent" in names else "User-Agent: astream\r\n"
+        self._min_rate = min_rate
+        # Per (scheme, host): whether the environment sends it through a proxy.
+        self._proxied: dict[tuple[str, str], bool] = {}
         self._idle: dict[_Key, list[_Conn]] = {}
         self._slots = asyncio.Semaphore(connections)
         self._connect_timeout = connect_timeout
@@ -370,10 +456,13 @@ class RawHTTP:
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
         key: _Key = (parts.scheme, host, port)
-        target = parts.path or "/"
-        if parts.query:
-            target += f"?{parts.query}"
-        authority = parts.netloc.rpartition("@")[2]
+        via_proxy = self._proxied.get((parts.scheme, host))
+        if via_proxy is None:
+            via_proxy = self._proxied[parts.scheme, host] = proxied(url)
+        if via_proxy:
+            return None  # a full client goes through the proxy
+        target = quote_target(parts.path, parts.query)
+        authority = self._host or parts.netloc.rpartition("@")[2]
         extra = self._extra
         if headers:
             check_headers(headers)
@@ -383,15 +472,16 @@ class RawHTTP:
                 if name.lower() not in _OWN_HEADERS
             )
         ranged = f"Range: bytes={start}-{end - 1}\r\n" if end is not None else ""
+        # UTF-8, as aiohttp encodes header values.
         request = (
             f"GET {target} HTTP/1.1\r\nHost: {authority}\r\n{ranged}"
             f"Accept-Encoding: identity\r\n{self._agent}{extra}\r\n"
-        ).encode("latin-1")
+        ).encode("utf-8", "surrogateescape")
         async with self._slots:
             for _ in range(2):
                 conn, reused = await self._acquire(key, https)
                 try:
-                    head = await self._run(conn, request, fd, start, end)
+                    head = await self._run(conn, request, fd, start, end, url)
                 except ConnectionResetError:
                     conn.abort()
                     if reused and not conn.received_any:
@@ -457,23 +547,39 @@ class RawHTTP:
         return conn, False
 
     async def _run(
-        self, conn: _Conn, request: bytes, fd: int, start: int, end: int | None
+        self, conn: _Conn, request: bytes, fd: int, start: int, end: int | None, url: str
     ) -> _Head | None:
-        waiter = conn.begin(request, fd, start, end)
-        timeout = self._read_timeout
-        if timeout is None:
+        loop = asyncio.get_running_loop()
+        waiter = conn.begin(request, fd, start, end, url)
+        silence = self._read_timeout
+        if silence is None:
             return await waiter
+        sent = loop.time()
+        rate = self._min_rate
         while True:
-            seen = conn.progress
+            # Wake when the read would time out: silence since the last byte, or (with a
+            # minimum rate) fewer bytes than the rate owes by now. Each wake re-checks.
+            quiet_until = conn.last_receive + silence
+            wake = quiet_until
+            received = conn.want - conn.todo  # body bytes so far
+            if rate is not None:
+                wake = min(wake, sent + silence + received / rate)
+            now = loop.time()
+            if now >= wake:
+                where = f"{conn.key[1]}:{conn.key[2]}"
+                if now >= quiet_until:
+                    message = f"no data from {where} for {silence} s"
+                else:
+                    message = (
+                        f"{where} sent {received} bytes in {now - sent:.1f} s: slower "
+                        f"than the minimum rate of {rate:.0f} bytes/s after {silence} s"
+                    )
+                raise TimeoutError(message)
             try:
-                return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-            except asyncio.TimeoutError:
+                return await asyncio.wait_for(asyncio.shield(waiter), wake - now)
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
                 if waiter.done():
                     return waiter.result()
-                if conn.progress == seen:
-                    raise asyncio.TimeoutError(
-                        f"no data from {conn.key[1]}:{conn.key[2]} for {timeout} s"
-                    ) from None
 
     def close(self) -> None:
         """Close every idle connection; connections still in use close when their request ends.

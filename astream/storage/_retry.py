@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from astream.storage._transfer import LocalWriteError
 from astream.storage.base import RetryConfig
 
 __all__ = [
+    "RateFloor",
     "TransientError",
     "TruncatedBody",
     "backoff_delay",
@@ -97,6 +99,31 @@ class TransientError(Exception):
 
 class TruncatedBody(TransientError):
     """A response body shorter than its announced length (the connection closed early)."""
+
+
+class RateFloor:
+    """:attr:`RetryConfig.min_rate` for a body read in chunks: :meth:`check` after each chunk.
+
+    Started when the answer's head arrived; the body's first ``n`` bytes must then have come
+    within ``RetryConfig.deadline(n)`` seconds. Silence is the HTTP client's
+    ``read_timeout``; together they bound every body: a server that drips a byte just before
+    each ``read_timeout`` runs out falls behind the rate and the read is abandoned.
+    """
+
+    def __init__(self, config: RetryConfig, url: str) -> None:
+        self._config = config
+        self._url = url
+        self._start = time.monotonic()
+
+    def check(self, received: int) -> None:
+        """Raise :class:`TimeoutError` (retried) when ``received`` bytes came too slowly."""
+        elapsed = time.monotonic() - self._start
+        if elapsed > self._config.deadline(received):
+            raise TimeoutError(
+                f"{self._url}: {received} bytes in {elapsed:.1f} s, slower than the minimum "
+                f"rate of {self._config.min_rate:.0f} bytes/s after "
+                f"{self._config.read_timeout} s (RetryConfig.min_rate)"
+            )
 
 
 def error_for_status(status: int, url: str, detail: str = "") -> StorageError | None:

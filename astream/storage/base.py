@@ -42,17 +42,47 @@ class RetryConfig:
     jitter: float = 1.0
     #: Seconds to establish a connection (TCP + TLS).
     connect_timeout: float = 10.0
-    #: Seconds without receiving a byte on an open connection before the read is abandoned.
+    #: Seconds without receiving a byte on an open connection before the read is abandoned
+    #: (measured from the last byte received: silence never lasts longer than this).
     read_timeout: float = 60.0
+    #: The slowest average transfer a request may keep up, in bytes per second: ``read_timeout``
+    #: seconds after a request was sent, it fails unless ``min_rate`` bytes per second arrived on
+    #: average since. A body of ``n`` bytes therefore has ``deadline(n)``, that is
+    #: ``read_timeout + n / min_rate`` seconds (the default: 188 s for an 8 MiB part), and a
+    #: server that drips bytes just fast enough to beat ``read_timeout`` cannot stall a read.
+    min_rate: float = 64 << 10
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"RetryConfig.attempts must be >= 1, got {self.attempts}")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"RetryConfig.jitter must be within [0, 1], got {self.jitter}")
-        for name in ("backoff_initial", "backoff_max", "connect_timeout", "read_timeout"):
+        for name in (
+            "backoff_initial",
+            "backoff_max",
+            "connect_timeout",
+            "read_timeout",
+            "min_rate",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RetryConfig.{name} must be > 0")
+
+    def deadline(self, size: int) -> float:
+        """Seconds one try of a request for ``size`` bytes may take once it is sent."""
+        return self.read_timeout + size / self.min_rate
+
+    def budget(self, size: int) -> float:
+        """The longest a request for ``size`` bytes can take before the retry loop gives up:
+        every try waiting for its connection (``connect_timeout``) and its whole
+        :meth:`deadline`, plus the longest delay before each retry. With the defaults, a server
+        that accepts connections and then never answers is given up on after
+        ``5 * 60 s + 0.2 + 0.4 + 0.8 + 1.6 s = 303 s``: each try is abandoned after
+        ``read_timeout`` of silence."""
+        waits = sum(
+            min(self.backoff_max, self.backoff_initial * 2.0**retry)
+            for retry in range(self.attempts - 1)
+        )
+        return self.attempts * (self.connect_timeout + self.deadline(size)) + waits
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -142,7 +142,9 @@ class GCSStore(BucketStore):
                 timeout=self._timeout(),
             )
             async with stream as response:
-                await write_body(response.content.iter_any(), fd, start, end, self.join(key))
+                await write_body(
+                    response.content.iter_any(), fd, start, end, self.join(key), self.retry
+                )
 
         await self._retrying(key, get)
 

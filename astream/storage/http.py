@@ -12,30 +12,53 @@ that trusts a private CA) and ``fast_ranges`` (default on: reads and ranged down
 :mod:`astream.storage._rawhttp`, which receives bodies straight into their buffer or file
 instead of through aiohttp's parser; anything but the plain answer falls back to aiohttp, which
 is imported only then, or for ``stat``).
+
+As aiohttp would: credentials in the URL (``https://user:password@host/path``) are sent as Basic
+authorization, and left out of :attr:`HTTPStore.url` and so of every message; the path is
+percent-encoded where it is not already; ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` are obeyed
+(a proxied URL is read through aiohttp). Bodies are asked for with ``Accept-Encoding:
+identity``: they are the stored bytes, and an answer in another content coding is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
-import re
 import ssl as ssl_module
 import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from astream.errors import StorageError
-from astream.storage._rawhttp import RawHTTP, check_headers
-from astream.storage._retry import TruncatedBody, error_for_status
+from astream.storage._rawhttp import RawHTTP, check_content_range, check_headers
+from astream.storage._retry import RateFloor, TruncatedBody, error_for_status
 from astream.storage._transfer import pwrite_all, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTPStore"]
+__all__ = ["HTTPStore", "redact_url"]
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+def redact_url(url: str) -> str:
+    """``url`` without the user name and password it may carry."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _basic_auth(url: str) -> str | None:
+    """The ``Authorization`` value for the credentials in ``url``, as aiohttp sends them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return None
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 class HTTPStore(Store):
@@ -55,9 +78,16 @@ class HTTPStore(Store):
         ssl: ssl_module.SSLContext | None = None,
         fast_ranges: bool = True,
     ) -> None:
-        super().__init__(url, retry=retry, transfer=transfer)
+        super().__init__(redact_url(url), retry=retry, transfer=transfer)
         self.headers = dict(headers or {})
         check_headers(self.headers)
+        auth = _basic_auth(url)
+        if auth is not None:
+            if any(name.lower() == "authorization" for name in self.headers):
+                raise ValueError(
+                    f"{self.url}: credentials in the URL and an Authorization header: give one"
+                )
+            self.headers["Authorization"] = auth
         self.connections = connections
         self.ssl = ssl
         self.fast_ranges = fast_ranges
@@ -88,9 +118,12 @@ class HTTPStore(Store):
                 connector=aiohttp.TCPConnector(
                     limit=self.connections, ssl=self.ssl if self.ssl is not None else True
                 ),
-                headers=self.headers,
-                # Ranges address stored bytes: never let the client decode a Content-Encoding.
+                # Ranges address stored bytes: ask for them as they are (aiohttp would
+                # advertise gzip, deflate and br), and never decode a Content-Encoding.
+                headers={**self.headers, "Accept-Encoding": "identity"},
                 auto_decompress=False,
+                # Proxies from HTTP_PROXY/HTTPS_PROXY/NO_PROXY.
+                trust_env=True,
                 raise_for_status=False,
                 # Bigger socket reads: aiohttp's 64 KiB default pauses the transport often.
                 read_bufsize=4 << 20,
@@ -105,6 +138,7 @@ class HTTPStore(Store):
                 connections=self.connections,
                 connect_timeout=self.retry.connect_timeout,
                 read_timeout=self.retry.read_timeout,
+                min_rate=self.retry.min_rate,
                 ssl_context=self.ssl,
             )
         return self._raw
@@ -118,6 +152,12 @@ class HTTPStore(Store):
             await session.close()
 
     def _check(self, response: aiohttp.ClientResponse, url: str) -> None:
+        coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if response.status < 300 and coding not in ("", "identity"):
+            raise StorageError(
+                f"{url}: the server answered in Content-Encoding {coding!r} where astream "
+                "asked for the stored bytes (Accept-Encoding: identity)"
+            )
         if response.status >= 400:
             final = error_for_status(response.status, url, response.reason or "")
             if final is not None:
@@ -155,11 +195,11 @@ class HTTPStore(Store):
             if response.status == 416:  # an empty object has no first byte
                 return ObjectInfo(key=key, size=0, etag=response.headers.get("ETag"))
             self._check(response, url)
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if match and match.group(3) != "*":
-                return ObjectInfo(
-                    key=key, size=int(match.group(3)), etag=response.headers.get("ETag")
-                )
+            total = None
+            if response.status == 206:
+                total = check_content_range(response.headers.get("Content-Range", ""), 0, 1, url)
+            if total is not None:
+                return ObjectInfo(key=key, size=total, etag=response.headers.get("ETag"))
             body = await response.read()
             return ObjectInfo(key=key, size=len(body), etag=response.headers.get("ETag"))
 
@@ -170,18 +210,7 @@ class HTTPStore(Store):
         if response.status == 416:
             raise StorageError(f"range [{start}, {end}) is past the end of {url}")
         self._check(response, url)
-        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-        if match is None or int(match.group(1)) != start:
-            raise StorageError(
-                f"{url}: unexpected Content-Range "
-                f"{response.headers.get('Content-Range')!r} for bytes {start}-{end - 1}"
-            )
-        if int(match.group(2)) + 1 < end:
-            # The server clipped the range at the end of the object: a caller error, not a
-            # transient one.
-            raise StorageError(
-                f"range [{start}, {end}) is past the end of {url} ({match.group(3)} bytes)"
-            )
+        check_content_range(response.headers.get("Content-Range", ""), start, end, url)
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         if not 0 <= start <= end:
@@ -200,22 +229,36 @@ class HTTPStore(Store):
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with session.get(url, headers=headers) as response:
                 if response.status == 200:
-                    return self._slice_whole(await response.read(), url, start, end)
+                    self._check(response, url)
+                    return self._slice_whole(await self._body(response, url), url, start, end)
                 self._check_range(response, url, start, end)
                 # Chunks as they arrive into one preallocated buffer: far faster than
                 # aiohttp's read() for large bodies.
                 buffer = bytearray(want)
                 filled = 0
+                floor = RateFloor(self.retry, url)
                 async for chunk in response.content.iter_any():
                     if filled + len(chunk) > want:
                         raise StorageError(f"{url}: more than the {want} bytes asked for")
                     buffer[filled : filled + len(chunk)] = chunk
                     filled += len(chunk)
+                    floor.check(filled)
                 if filled != want:
                     raise TruncatedBody(f"{url}: got {filled} of {want} bytes")
                 return bytes(buffer)
 
         return await self._retrying(key, get)
+
+    async def _body(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        """A whole body, held to :attr:`RetryConfig.min_rate` as it arrives."""
+        chunks: list[bytes] = []
+        received = 0
+        floor = RateFloor(self.retry, url)
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+            received += len(chunk)
+            floor.check(received)
+        return b"".join(chunks)
 
     @staticmethod
     def _slice_whole(body: bytes, url: str, start: int, end: int) -> bytes:
@@ -239,18 +282,21 @@ class HTTPStore(Store):
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with session.get(url, headers=headers) as response:
                 if response.status == 200:
-                    data = self._slice_whole(await response.read(), url, start, end)
+                    self._check(response, url)
+                    data = self._slice_whole(await self._body(response, url), url, start, end)
                     await write_part(fd, data, start)
                     return
                 self._check_range(response, url, start, end)
                 # Each chunk goes to its offset as it arrives: no part-sized buffer, one copy
                 # fewer. A page-cache write of one chunk is cheaper than a thread hop.
                 offset = start
+                floor = RateFloor(self.retry, url)
                 async for chunk in response.content.iter_any():
                     if offset + len(chunk) > end:
                         raise StorageError(f"{url}: more than the {want} bytes asked for")
                     pwrite_all(fd, chunk, offset)
                     offset += len(chunk)
+                    floor.check(offset - start)
                 if offset != end:
                     raise TruncatedBody(f"{url}: got {offset - start} of {want} bytes")
 
@@ -267,7 +313,7 @@ class HTTPStore(Store):
             session = await self._get_session()
             async with session.get(url) as response:
                 self._check(response, url)
-                body = await response.read()
+                body = await self._body(response, url)
                 length = response.headers.get("Content-Length")
                 if length is not None and len(body) != int(length):
                     raise TruncatedBody(f"{url}: got {len(body)} of {length} bytes")

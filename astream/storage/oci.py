@@ -282,7 +282,9 @@ class OCIStore(BucketStore):
         async def get() -> None:
             headers = {"Range": f"bytes={start}-{end - 1}"}
             async with self._send("GET", path, headers=headers) as response:
-                await write_body(response.content.iter_any(), fd, start, end, self.join(key))
+                await write_body(
+                    response.content.iter_any(), fd, start, end, self.join(key), self.retry
+                )
 
         await self._retrying(key, get)
 

@@ -251,6 +251,7 @@ class S3Store(Store):
                     connections=self.connections,
                     connect_timeout=self.retry.connect_timeout,
                     read_timeout=self.retry.read_timeout,
+                    min_rate=self.retry.min_rate,
                 )
                 self._direct, self._direct_state = direct, "on"
         return None if direct.disabled else direct
@@ -311,8 +312,10 @@ class S3Store(Store):
         response = await client.get_object(
             Bucket=self.bucket, Key=self._object_key(key), **self._payer(), **params
         )
+        # The SDK times out silence alone: the body is also held to the minimum rate.
+        deadline = self.retry.deadline(int(response.get("ContentLength") or 0))
         async with response["Body"] as stream:
-            body: bytes = await stream.read()
+            body: bytes = await asyncio.wait_for(stream.read(), deadline)
         check(response, body)
         return body
 
