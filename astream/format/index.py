@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ class DatasetIndex:
 
 #: The folder of astream's own bookkeeping in a cache (locks, LRU stamps): no basename enters it.
 META_DIR = ".astream"
+#: The longest basename (percent-quoted, as a cache names its lock files) an index may hold.
+MAX_BASENAME_CHARS = 200
 # Temporary names: the cache's (".name.astream-tmp-PID-TOKEN") and write_atomic's (".name.PID.tmp").
 _TEMP_NAME = re.compile(r"\..*(\.astream-tmp-|\.\d+\.tmp$)")
 
@@ -119,7 +122,7 @@ def check_basename(basename: str, where: str) -> None:
 
     :raises IndexFormatError: naming ``where`` for an absolute path, ``..``, ``.``, an empty
         component, a backslash, a drive letter, a NUL, a path into ``.astream/``, a temporary
-        file's name or ``index.json``.
+        file's name, ``index.json``, or more than :data:`MAX_BASENAME_CHARS` characters.
     """
     problem = None
     if not basename:
@@ -144,6 +147,10 @@ def check_basename(basename: str, where: str) -> None:
             problem = "is a temporary file's name"
         elif basename == INDEX_BASENAME:
             problem = "is the index's own name"
+        elif len(urllib.parse.quote(basename, safe="")) > MAX_BASENAME_CHARS:
+            # A cache names a shard's lock and LRU stamp after the whole (quoted) basename,
+            # and its temporary files add about 30 characters: each must stay a valid name.
+            problem = f"is too long (more than {MAX_BASENAME_CHARS} characters once quoted)"
     if problem is not None:
         raise IndexFormatError(
             f"{where}: basename {basename!r} {problem}; it must stay inside the dataset"

@@ -431,8 +431,45 @@ def _read_header(
     # Copy the offsets out of the map: an array viewing the map would keep it from closing.
     offsets = np.frombuffer(bytes(buf[4 : 8 + 4 * count]), _U32)
     _check_offsets(info, offsets, source, data_size)
+    # The writer's config follows the offsets: up to the first sample (MDS) or the end (meta).
+    config_end = int(offsets[0]) if info.format == "mds" else size
+    _check_config(info, bytes(buf[8 + 4 * count : config_end]), source)
     result: list[int] = offsets.tolist()
     return result
+
+
+# Keys of the config a writer records in each shard that decide how its bytes decode.
+_DECODING_KEYS = (
+    "format",
+    "column_names",
+    "column_encodings",
+    "column_sizes",
+    "columns",
+    "separator",
+    "newline",
+)
+
+
+def _check_config(info: ShardInfo, data: bytes, source: str) -> None:
+    """Refuse a shard whose own config disagrees with its index entry on how to decode it.
+
+    The index alone names the columns; a shard carries the config it was written with, so an
+    index edited (or damaged) to rename, retype or resize a column is caught here instead of
+    yielding samples under the wrong names or types. A header with no parsable config (written
+    by another tool) is not checked.
+    """
+    try:
+        config = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(config, dict):
+        return
+    for key in _DECODING_KEYS:
+        if key in config and key in info.entry and config[key] != info.entry[key]:
+            raise ShardCorruptError(
+                f"{source}: the shard records {key}={config[key]!r}, the index says "
+                f"{info.entry[key]!r}"
+            )
 
 
 def open_shard(

@@ -56,6 +56,8 @@ def test_basename_into_the_cache_bookkeeping_is_refused(tmp_path: Path) -> None:
         (".shard.00000.mds.astream-tmp-12-abcd", "temporary file"),
         ("part/.shard.00001.mds.4242.tmp", "temporary file"),
         ("index.json", "index's own name"),
+        ("a" * 201, "too long"),
+        ("a/" * 67 + "b", "too long"),
     ],
 )
 def test_check_basename_refuses_astream_names(basename: str, problem: str) -> None:
