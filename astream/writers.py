@@ -442,6 +442,10 @@ class _UploadingWriter(_format.ShardWriter):
         super().__exit__(exc_type, exc, tb)
 
 
+# The public writers spell out every argument (so their docs and IDEs show them) and pass them
+# on to _UploadingWriter (the upload ones) and the format writer (the rest).
+
+
 class MDSWriter(_UploadingWriter, _format.MDSWriter):
     """Write an MDS dataset to a local directory or a store (see :mod:`astream.writers`).
 
@@ -450,11 +454,95 @@ class MDSWriter(_UploadingWriter, _format.MDSWriter):
         with MDSWriter(out="s3://bucket/c4", columns={"text": "str"}, compression="zstd") as w:
             for text in texts:
                 w.write({"text": text})
+
+    :param columns: column name -> encoding (``{"x": "ndarray:float32", "y": "int"}``).
+    :param out: a local directory, a store URL (``"s3://bucket/prefix"``), or
+        ``(local_dir, remote_url)``: see :mod:`astream.writers`.
+    :param keep_local: with a remote, keep the local files once uploaded (and the temporary
+        directory of a remote-only ``out``); otherwise each is deleted once uploaded.
+    :param compression: ``None`` or a codec spelling (``"zstd"``, ``"zstd:7"``).
+    :param hashes: hash algorithms to record for every file, unique and sorted.
+    :param size_limit: start a new shard before one would exceed this many bytes (an int or
+        ``"64mb"``); ``None`` or ``0`` puts every sample in one shard. Default 64 MiB.
+    :param exist_ok: when ``out`` holds files: delete them (``True``) or raise
+        :class:`FileExistsError` (``False``).
+    :param progress_bar: show a tqdm bar of uploaded files (when tqdm is installed).
+    :param max_workers: uploads in flight at once (default :data:`DEFAULT_MAX_WORKERS`); the
+        writer waits when that many are running.
+    :param retry: retries of each upload request after the first try.
+    :param storage_options: keyword options for :func:`~astream.storage.open_store`
+        (``endpoint_url``, credentials, ...).
     """
+
+    def __init__(
+        self,
+        *,
+        columns: Mapping[str, str],
+        out: Out,
+        keep_local: bool = False,
+        compression: str | None = None,
+        hashes: list[str] | None = None,
+        size_limit: int | str | None = 1 << 26,
+        exist_ok: bool = False,
+        progress_bar: bool = False,
+        max_workers: int | None = None,
+        retry: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            columns=columns,
+            out=out,
+            keep_local=keep_local,
+            compression=compression,
+            hashes=hashes,
+            size_limit=size_limit,
+            exist_ok=exist_ok,
+            progress_bar=progress_bar,
+            max_workers=max_workers,
+            retry=retry,
+            storage_options=storage_options,
+        )
 
 
 class JSONLWriter(_UploadingWriter, _format.JSONLWriter):
-    """Write a JSONL dataset to a local directory or a store (see :mod:`astream.writers`)."""
+    """Write a JSONL dataset to a local directory or a store (see :mod:`astream.writers`).
+
+    :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
+    :param newline: the line terminator.
+
+    The other parameters are :class:`MDSWriter`'s.
+    """
+
+    def __init__(
+        self,
+        *,
+        columns: Mapping[str, str],
+        out: Out,
+        newline: str = "\n",
+        keep_local: bool = False,
+        compression: str | None = None,
+        hashes: list[str] | None = None,
+        size_limit: int | str | None = 1 << 26,
+        exist_ok: bool = False,
+        progress_bar: bool = False,
+        max_workers: int | None = None,
+        retry: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            columns=columns,
+            out=out,
+            newline=newline,
+            keep_local=keep_local,
+            compression=compression,
+            hashes=hashes,
+            size_limit=size_limit,
+            exist_ok=exist_ok,
+            progress_bar=progress_bar,
+            max_workers=max_workers,
+            retry=retry,
+            storage_options=storage_options,
+        )
 
 
 #: mosaicml-streaming's name for :class:`JSONLWriter`.
@@ -462,12 +550,99 @@ JSONWriter = JSONLWriter
 
 
 class XSVWriter(_UploadingWriter, _format.XSVWriter):
-    """Write delimited text shards to a local directory or a store (see :mod:`astream.writers`)."""
+    """Write delimited text shards to a local directory or a store (see :mod:`astream.writers`).
+
+    :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
+    :param separator: the field separator; no column name or value may contain it.
+    :param newline: the line terminator.
+
+    The other parameters are :class:`MDSWriter`'s.
+    """
+
+    def __init__(
+        self,
+        *,
+        columns: Mapping[str, str],
+        separator: str,
+        out: Out,
+        newline: str = "\n",
+        keep_local: bool = False,
+        compression: str | None = None,
+        hashes: list[str] | None = None,
+        size_limit: int | str | None = 1 << 26,
+        exist_ok: bool = False,
+        progress_bar: bool = False,
+        max_workers: int | None = None,
+        retry: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            columns=columns,
+            separator=separator,
+            out=out,
+            newline=newline,
+            keep_local=keep_local,
+            compression=compression,
+            hashes=hashes,
+            size_limit=size_limit,
+            exist_ok=exist_ok,
+            progress_bar=progress_bar,
+            max_workers=max_workers,
+            retry=retry,
+            storage_options=storage_options,
+        )
 
 
-class CSVWriter(_UploadingWriter, _format.CSVWriter):
-    """Write CSV shards to a local directory or a store (see :mod:`astream.writers`)."""
+class _FixedSeparatorWriter(_UploadingWriter, _format.XSVWriter):
+    """CSV and TSV: an XSV writer whose format implies the separator."""
+
+    def __init__(
+        self,
+        *,
+        columns: Mapping[str, str],
+        out: Out,
+        newline: str = "\n",
+        keep_local: bool = False,
+        compression: str | None = None,
+        hashes: list[str] | None = None,
+        size_limit: int | str | None = 1 << 26,
+        exist_ok: bool = False,
+        progress_bar: bool = False,
+        max_workers: int | None = None,
+        retry: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            columns=columns,
+            out=out,
+            newline=newline,
+            keep_local=keep_local,
+            compression=compression,
+            hashes=hashes,
+            size_limit=size_limit,
+            exist_ok=exist_ok,
+            progress_bar=progress_bar,
+            max_workers=max_workers,
+            retry=retry,
+            storage_options=storage_options,
+        )
 
 
-class TSVWriter(_UploadingWriter, _format.TSVWriter):
-    """Write TSV shards to a local directory or a store (see :mod:`astream.writers`)."""
+class CSVWriter(_FixedSeparatorWriter, _format.CSVWriter):
+    """Write CSV shards (separator ``,``) to a local directory or a store.
+
+    :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
+    :param newline: the line terminator.
+
+    The other parameters are :class:`MDSWriter`'s.
+    """
+
+
+class TSVWriter(_FixedSeparatorWriter, _format.TSVWriter):
+    """Write TSV shards (separator tab) to a local directory or a store.
+
+    :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
+    :param newline: the line terminator.
+
+    The other parameters are :class:`MDSWriter`'s.
+    """
