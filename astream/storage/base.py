@@ -101,6 +101,14 @@ class TransferConfig:
     #: parts' bandwidth. 0 turns this off.
     head_part_size: int = 1 << 20
 
+    #: Downloads start as one streaming GET of the whole object, and range requests join it
+    #: only where they pay: when a probe range beside the stream raises their combined rate
+    #: (see :mod:`astream.storage._transfer`). Servers that copy the whole object for every
+    #: range then cost one GET, servers that serve ranges in parallel get them. Only stores
+    #: that write a body as it arrives (:meth:`Store.streams_into`) do this; others, and
+    #: ``False`` here, split every download into ``part_size`` ranges from the start.
+    adaptive: bool = True
+
     def __post_init__(self) -> None:
         if self.part_size < 1 or self.concurrency < 1 or self.multipart_threshold < 1:
             raise ValueError("TransferConfig sizes and concurrency must be >= 1")
@@ -189,14 +197,24 @@ class Store(abc.ABC):
     ) -> int:
         """Write the object into the file ``dest`` (created or truncated) and return its size.
 
-        Parts of :attr:`TransferConfig.part_size` are fetched concurrently (at most
-        :attr:`TransferConfig.concurrency` at once) and written in place with ``pwrite``; each
-        landed part is reported to ``on_progress``. The file has exactly the object's bytes when
+        One streaming GET, joined by range requests where they pay
+        (:attr:`TransferConfig.adaptive`), or parts of :attr:`TransferConfig.part_size` fetched
+        concurrently (at most :attr:`TransferConfig.concurrency` at once), written in place with
+        ``pwrite``; landed bytes are reported to ``on_progress``. The file has exactly the object's bytes when
         this returns; on error its contents are undefined and the caller discards it.
         """
         from astream.storage._transfer import ranged_download
 
         return await ranged_download(self, key, Path(dest), size=size, on_progress=on_progress)
+
+    async def streams_into(self) -> bool:
+        """Whether :meth:`fetch_range_into` writes a body as it arrives (with a bounded buffer).
+
+        Such a store may be asked for a whole object in one request by an adaptive
+        :meth:`download` (:attr:`TransferConfig.adaptive`); the default, which buffers a range
+        in memory, is not.
+        """
+        return False
 
     async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
         """Write bytes ``[start, end)`` of an object at offset ``start`` of file ``fd``.

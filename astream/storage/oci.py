@@ -273,6 +273,9 @@ class OCIStore(BucketStore):
 
         return self._exact(key, start, end, await self._retrying(key, op))
 
+    async def streams_into(self) -> bool:
+        return True  # write_body: chunks at their offsets as they arrive
+
     async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
         """One part of :meth:`download`: the body is written at its offsets as it arrives."""
         if self._check_range(key, start, end):

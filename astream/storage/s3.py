@@ -353,6 +353,10 @@ class S3Store(Store):
 
         return await self._retrying(key, operation)
 
+    async def streams_into(self) -> bool:
+        # The direct path writes as bytes arrive; the SDK's answer is one buffer.
+        return await self._get_direct() is not None
+
     async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
         if start == end:
             return

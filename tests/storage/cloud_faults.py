@@ -14,7 +14,7 @@ from tests.storage.conformance import payload
 DATA = payload(600_000, seed=11)
 #: Fast backoff; a read timeout well below the proxy's stall.
 RETRY = RetryConfig(attempts=4, backoff_initial=0.01, backoff_max=0.05, read_timeout=0.5)
-TRANSFER = TransferConfig(part_size=200_000, concurrency=2)
+TRANSFER = TransferConfig(part_size=200_000, concurrency=2, adaptive=False)
 
 
 async def assert_faults_retried(store: Store, proxy: FaultProxy, tmp_path: Path) -> None:

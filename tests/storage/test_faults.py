@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 
 DATA = payload(1_000_000, seed=42)
 RETRY = RetryConfig(attempts=4, backoff_initial=0.01, backoff_max=0.05, read_timeout=0.5)
-TRANSFER = TransferConfig(part_size=200_000, concurrency=3)
+TRANSFER = TransferConfig(part_size=200_000, concurrency=3, adaptive=False)
 
 
 @pytest.fixture(scope="module")

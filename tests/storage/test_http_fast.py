@@ -27,7 +27,7 @@ from astream.storage.http import HTTPStore
 pytestmark = pytest.mark.anyio
 
 DATA = payload(700_001, seed=5)
-PARTS = TransferConfig(part_size=100_000, concurrency=1)  # 8 parts, one connection at a time
+PARTS = TransferConfig(part_size=100_000, concurrency=1, adaptive=False)  # 8 parts, one at a time
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -281,7 +281,7 @@ async def test_a_range_past_the_end_is_final(
 
     server = await serve({"/data.bin": unsatisfiable})
     # Two parts: the whole object, then a range that starts at its end.
-    whole = TransferConfig(part_size=len(DATA), concurrency=1, head_part_size=0)
+    whole = TransferConfig(part_size=len(DATA), concurrency=1, head_part_size=0, adaptive=False)
     async with HTTPStore(server.url, transfer=whole) as store:
         with pytest.raises(StorageError, match=r"past the end of .*data\.bin"):
             await store.download("data.bin", tmp_path / "out.bin", size=2 * len(DATA))
