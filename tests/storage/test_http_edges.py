@@ -23,7 +23,8 @@ from tests.servers.edge_http import ForwardProxy, drip_app, gzip_app, private_ca
 pytestmark = pytest.mark.anyio
 
 DATA = payload(300_001, seed=11)
-PARTS = TransferConfig(part_size=100_000, concurrency=1, head_part_size=0)
+# Fixed parts (not adaptive): each test counts requests per part.
+PARTS = TransferConfig(part_size=100_000, concurrency=1, head_part_size=0, adaptive=False)
 ONCE = RetryConfig(attempts=1, connect_timeout=2.0, read_timeout=5.0)
 BOTH_PATHS = pytest.mark.parametrize("fast", [True, False], ids=["lean", "aiohttp"])
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
