@@ -42,7 +42,7 @@ import socket
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from astream.errors import StorageError
 from astream.storage._retry import TruncatedBody
@@ -185,6 +185,8 @@ class _Conn(asyncio.BufferedProtocol):
         #: The body's destination in memory mode (``fd`` is -1 then), allocated once known.
         self.memory: bytearray | None = None
         self.memory_view: memoryview | None = None
+        #: The head of the last answer read (its headers, for a caller's checks).
+        self.answer: _Head | None = None
         #: A whole-object read: any length, answered with 200 instead of 206.
         self.whole = False
         self.start = 0  # the range asked for, to check the answer against
@@ -278,6 +280,7 @@ class _Conn(asyncio.BufferedProtocol):
                 raise ConnectionError(f"response headers longer than {_HEAD_LIMIT} bytes")
             return
         head = _Head(bytes(self.head[:at]))
+        self.answer = head
         self.reusable = head.keeps_alive()
         if not self._expected(head):
             # Not ours to read: stop receiving and let the caller decide. The connection is
@@ -434,9 +437,12 @@ class RawHTTP:
         start: int = 0,
         end: int | None = None,
         headers: Mapping[str, str] | None = None,
+        check: Callable[[Mapping[str, str], bytes], None] | None = None,
     ) -> bytes | None:
         """Bytes ``[start, end)`` of ``url`` (``end=None``: the whole object) in memory.
 
+        :param check: called with the answer's headers (lower-case names) and the body before
+            it is returned; it raises to refuse the body (a checksum that does not match).
         :returns: the body; ``None`` when the answer is not the plain one (a ``206`` with
             exactly that range, or a ``200`` with a ``Content-Length`` for a whole read).
         :raises: as :meth:`get_into`.
@@ -445,10 +451,16 @@ class RawHTTP:
             raise ValueError(f"empty or bad range [{start}, {end}) for {url}")
         if end is None and start:
             raise ValueError("a whole read starts at 0")
-        return await self._request(url, headers, -1, start, end)
+        return await self._request(url, headers, -1, start, end, check)
 
     async def _request(
-        self, url: str, headers: Mapping[str, str] | None, fd: int, start: int, end: int | None
+        self,
+        url: str,
+        headers: Mapping[str, str] | None,
+        fd: int,
+        start: int,
+        end: int | None,
+        check: Callable[[Mapping[str, str], bytes], None] | None = None,
     ) -> bytes | None:
         """One GET; the body as bytes (memory mode), ``b""`` (file mode) or ``None`` (refused)."""
         parts = urllib.parse.urlsplit(url)
@@ -494,11 +506,14 @@ class RawHTTP:
                     raise
                 if head is None:
                     body = bytes(conn.memory) if conn.memory is not None else b""
+                    answer, conn.answer = conn.answer, None
                     conn.memory = conn.memory_view = None
                     if conn.reusable and not self._closed:
                         self._idle.setdefault(key, []).append(conn)
                     else:
                         conn.abort()
+                    if check is not None and answer is not None:
+                        check(answer.headers, body)
                     return body
                 conn.abort()
                 self._refuse(head, url)

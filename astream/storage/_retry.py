@@ -9,7 +9,9 @@ exponential, jittered delay) or final (translate to an astream error now):
   asyncio/aiohttp/SDK timeouts;
 * final: 401/403 (:class:`~astream.errors.StoragePermissionError`), 404 and missing-object
   codes (:class:`~astream.errors.ObjectNotFoundError`), other 4xx
-  (:class:`~astream.errors.StorageError`), and any astream error a backend raised itself.
+  (:class:`~astream.errors.StorageError`), a TLS certificate that does not verify (a wrong
+  host name, an untrusted CA: asking again gets the same certificate), and any astream error a
+  backend raised itself.
 
 Classification is by duck typing (an integer ``status``/``status_code`` attribute, a botocore
 style ``response`` dict, exception class names) so this module imports no SDK: every backend,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -140,6 +143,20 @@ def error_for_status(status: int, url: str, detail: str = "") -> StorageError | 
     return StorageError(f"request for {url} failed with HTTP {status}{suffix}")
 
 
+def _certificate_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` or what it wraps is a TLS certificate that did not verify."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError) or (
+            "CERTIFICATE_VERIFY_FAILED" in str(current)
+        ):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _int_attr(exc: BaseException, *names: str) -> int | None:
     for name in names:
         value = getattr(exc, name, None)
@@ -176,6 +193,8 @@ def classify(exc: BaseException, url: str) -> StorageError | None:
         if status is not None:
             return error_for_status(status, url, code)
         return StorageError(f"request for {url} failed: {code or exc}")
+    if _certificate_failure(exc):
+        return StorageError(f"the TLS certificate of {url} does not verify: {exc}")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return None
     names = {cls.__name__ for cls in type(exc).__mro__}

@@ -14,17 +14,27 @@ own chain (profiles, SSO, instance roles, with their refresh) and reads its conf
 
 The SDK stays the authority. This path is used only where it sends what the SDK would: the
 endpoint and addressing are ours to compute (path style on custom endpoints, virtual hosted on
-AWS for DNS-safe bucket names; TLS trusts ``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``) and
-nothing the SDK would add is configured (proxies, FIPS, dual-stack or accelerate endpoints,
-endpoints from ``AWS_ENDPOINT_URL_S3`` or a profile, access point ARNs, S3 Express buckets). Any
-answer other than the plain one, and any 3xx, 400, 401 or 403, is asked again through
-aiobotocore, which follows region redirects and reports errors as it always has; if the SDK
-then succeeds, the store stops using the direct path.
+AWS for DNS-safe bucket names) and nothing the SDK would add is configured (proxies, FIPS,
+dual-stack or accelerate endpoints, endpoints from ``AWS_ENDPOINT_URL_S3`` or a profile, access
+point ARNs, S3 Express buckets). TLS trusts the one file botocore trusts
+(:func:`ca_file`): ``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``, else
+``REQUESTS_CA_BUNDLE``, else certifi's bundle (not the system store, not ``SSL_CERT_FILE``).
+Any answer other than the plain one, any 3xx, 400, 401 or 403 and any TLS failure is asked
+again through aiobotocore, which follows region redirects and reports errors as it always has;
+that request alone: the next one tries the direct path again (the store remembers, for a while,
+the keys that needed the SDK).
+
+Whole reads (an ``index.json``) ask for the object's checksum where the SDK would (on AWS:
+``x-amz-checksum-mode: ENABLED``) and check any full-object CRC32, SHA-1 or SHA-256 checksum
+the answer carries (:func:`check_checksum`); CRC32C and CRC64NVME need a native library the
+SDK gets from awscrt and are left unchecked, as are composite checksums of multipart uploads
+and ranged reads (S3 sends no checksum for a range).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime
 import hashlib
@@ -34,13 +44,25 @@ import re
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from astream.storage._rawhttp import RawHTTP
+from astream.storage._retry import TransientError
 
-__all__ = ["DirectReads", "Resolved", "StaticCredentials", "direct_blocker", "resolve", "sign_v4"]
+__all__ = [
+    "ChecksumMismatch",
+    "DirectReads",
+    "Resolved",
+    "StaticCredentials",
+    "ca_file",
+    "check_checksum",
+    "direct_blocker",
+    "resolve",
+    "sign_v4",
+]
 
 # Bucket names that are valid in a virtual-hosted or path-style URL as they are (lower-case
 # DNS labels); anything else (ARNs, legacy upper-case names) goes through the SDK.
@@ -56,6 +78,13 @@ SDK_STATUSES = frozenset({301, 302, 307, 308, 400, 401, 403})
 # The SHA-256 of an empty body: what a GET's payload hash is.
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
+# Full-object checksums Python computes without a native library, as S3 encodes them.
+_CHECKSUMS: dict[str, Callable[[bytes], bytes]] = {
+    "x-amz-checksum-crc32": lambda data: zlib.crc32(data).to_bytes(4, "big"),
+    "x-amz-checksum-sha1": lambda data: hashlib.sha1(data).digest(),
+    "x-amz-checksum-sha256": lambda data: hashlib.sha256(data).digest(),
+}
+
 _sessions: dict[str | None, Any] = {}
 _sessions_lock = threading.Lock()
 _resolve_lock = threading.Lock()
@@ -70,6 +99,49 @@ def _new_locks_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
+class ChecksumMismatch(TransientError):
+    """A body whose checksum is not the one S3 sent with it (damaged on the way: retried)."""
+
+
+def check_checksum(url: str) -> Callable[[Mapping[str, str], bytes], None]:
+    """A check for :meth:`RawHTTP.get_bytes`: the full-object checksum in the answer's
+    headers, where there is one Python can compute, must be the body's."""
+
+    def check(headers: Mapping[str, str], body: bytes) -> None:
+        if headers.get("x-amz-checksum-type", "FULL_OBJECT").upper() != "FULL_OBJECT":
+            return  # a composite of the parts' checksums (a multipart upload)
+        for name, digest in _CHECKSUMS.items():
+            sent = headers.get(name)
+            if sent is None or "-" in sent:
+                continue
+            mine = base64.b64encode(digest(body)).decode("ascii")
+            if mine != sent:
+                raise ChecksumMismatch(
+                    f"{url}: {name[len('x-amz-checksum-') :].upper()} checksum {mine} of "
+                    f"the {len(body)} bytes received, S3 sent {sent}"
+                )
+
+    return check
+
+
+def ca_file(ca_bundle: str | None) -> str:
+    """The one file of CA certificates botocore verifies TLS with: ``ca_bundle`` (from
+    ``AWS_CA_BUNDLE`` or the profile), else ``REQUESTS_CA_BUNDLE``, else certifi's bundle
+    (botocore's own copy without certifi)."""
+    chosen = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE")
+    if chosen:
+        return chosen
+    try:
+        import certifi
+    except ImportError:
+        import importlib.util
+
+        spec = importlib.util.find_spec("botocore")
+        assert spec is not None and spec.submodule_search_locations is not None
+        return os.path.join(next(iter(spec.submodule_search_locations)), "cacert.pem")
+    return str(certifi.where())
 
 
 def _plain_session(profile: str | None) -> Any:
@@ -256,8 +328,8 @@ class DirectReads:
         self._ca_bundle = ca_bundle
         self._ssl: ssl.SSLContext | None = None
         self._raw: RawHTTP | None = None
-        #: Set when the SDK succeeded where this path was refused: use the SDK from then on.
-        self.disabled = False
+        # The SDK asks for checksums of whole reads on AWS ("when_supported"), not elsewhere.
+        self._checksum_mode = endpoint_url is None
 
     def url(self, object_key: str) -> str:
         """The object's URL, its key percent-encoded as botocore encodes it."""
@@ -265,8 +337,9 @@ class DirectReads:
 
     def _get_raw(self) -> RawHTTP:
         if self._raw is None or self._raw.loop is not asyncio.get_running_loop():
-            if self._ssl is None and self._ca_bundle and self._root.startswith("https:"):
-                self._ssl = ssl.create_default_context(cafile=self._ca_bundle)
+            if self._ssl is None and self._root.startswith("https:"):
+                # Exactly the certificates botocore trusts (a cafile replaces the defaults).
+                self._ssl = ssl.create_default_context(cafile=ca_file(self._ca_bundle))
             self._raw = RawHTTP(
                 {},
                 connections=self._connections,
@@ -302,8 +375,11 @@ class DirectReads:
         """Bytes ``[start, end)`` (``end=None``: the whole object); ``None``: ask the SDK."""
         url = self.url(object_key)
         headers = {"Range": f"bytes={start}-{end - 1}"} if end is not None else {}
+        if end is None and self._checksum_mode:
+            headers["x-amz-checksum-mode"] = "ENABLED"
         signed = await self._signed(url, headers)
-        return await self._get_raw().get_bytes(url, start, end, signed)
+        check = check_checksum(url) if end is None else None
+        return await self._get_raw().get_bytes(url, start, end, signed, check)
 
     def close(self) -> None:
         """Close the idle connections (on their loop; see :meth:`RawHTTP.close`)."""

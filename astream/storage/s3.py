@@ -16,6 +16,9 @@ SDK's credentials) and sent through its lean HTTP client (:mod:`astream.storage.
 where that sends exactly what the SDK would; everything else, and every read the direct path
 cannot answer plainly, goes through aiobotocore. ``direct_reads=False`` sends every request
 through aiobotocore.
+
+No credentials anywhere (and not ``unsigned``) is a :class:`~astream.errors.StoragePermissionError`
+at the first request, naming every place botocore's chain looked.
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ import importlib.util
 import logging
 import os
 import re
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from astream.errors import StorageError
+from astream.errors import StorageError, StoragePermissionError
 from astream.storage._rawhttp import HTTPStatusError
-from astream.storage._retry import TruncatedBody
+from astream.storage._retry import TruncatedBody, call_with_retries, classify
 from astream.storage._s3direct import SDK_STATUSES, DirectReads, resolve
 from astream.storage._transfer import part_ranges, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
@@ -54,6 +58,17 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _TRUE = ("1", "true", "yes", "on")
 # S3 refuses more parts than this in one multipart upload.
 _MAX_PARTS = 10_000
+# Object keys whose reads the SDK answered where the direct path could not, remembered (the
+# latest this many) so that their next reads go to the SDK at once.
+_SDK_KEYS = 4096
+_NO_CREDENTIALS = (
+    "no AWS credentials found: looked for the aws_access_key_id/aws_secret_access_key "
+    "options, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE in "
+    "~/.aws/credentials and ~/.aws/config (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE), "
+    "web identity (AWS_WEB_IDENTITY_TOKEN_FILE), SSO, and container and EC2 instance roles; "
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or run `aws configure` "
+    "(a public bucket: unsigned=True or AWS_NO_SIGN_REQUEST=1)"
+)
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -162,6 +177,8 @@ class S3Store(Store):
         self._direct: DirectReads | None = None
         #: ``None`` until the direct path was considered, then "on" or why it is off.
         self._direct_state: str | None = None
+        #: Object keys the SDK answered where the direct path could not (insertion-ordered).
+        self._sdk_keys: dict[str, None] = {}
 
     def _object_key(self, key: str) -> str:
         key = key.lstrip("/")
@@ -254,16 +271,22 @@ class S3Store(Store):
                     min_rate=self.retry.min_rate,
                 )
                 self._direct, self._direct_state = direct, "on"
-        return None if direct.disabled else direct
+        return direct
 
     async def _read_attempt(
         self,
+        object_key: str,
         direct_call: Callable[[DirectReads], Awaitable[T | None]],
         sdk_call: Callable[[], Awaitable[T]],
     ) -> T:
-        """One try of a read: the direct path, else (or when it is refused) the SDK."""
+        """One try of a read: the direct path, else (or when it is refused) the SDK.
+
+        The fallback is per request: one object the direct path cannot read (a redirect, a
+        Content-Encoding in its metadata, a TLS failure) sends that read to the SDK, and that
+        key's next reads, not the whole store's.
+        """
         direct = await self._get_direct()
-        if direct is None:
+        if direct is None or object_key in self._sdk_keys:
             return await sdk_call()
         try:
             result = await direct_call(direct)
@@ -271,14 +294,35 @@ class S3Store(Store):
             if exc.status not in SDK_STATUSES:
                 raise
             result = None
+        except ssl.SSLError as exc:
+            # The SDK verifies with the same certificates; its error is the one to report.
+            log.debug("%s: direct read failed TLS (%s); asking the SDK", self.url, exc)
+            result = None
         if result is not None:
             return result
         result = await sdk_call()
-        # The SDK got an answer where the direct path was refused (a region redirect, a
-        # signature it computes another way): leave this store's reads to the SDK.
-        direct.disabled = True
-        log.info("%s: direct reads refused where the SDK succeeded; using the SDK", self.url)
+        # The SDK got an answer where the direct path was refused: send this key's reads to
+        # the SDK from now on.
+        self._sdk_keys[object_key] = None
+        if len(self._sdk_keys) > _SDK_KEYS:
+            del self._sdk_keys[next(iter(self._sdk_keys))]
+        log.debug("%s: direct read of %s refused where the SDK succeeded", self.url, object_key)
         return result
+
+    async def _retrying(self, key: str, operation: Callable[[], Awaitable[T]]) -> T:
+        return await call_with_retries(
+            operation,
+            config=self.retry,
+            url=self.join(key),
+            on_retry=self._count_retry,
+            classifier=self._classify,
+        )
+
+    @staticmethod
+    def _classify(exc: BaseException, url: str) -> StorageError | None:
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            return StoragePermissionError(f"{url}: {_NO_CREDENTIALS}")
+        return classify(exc, url)
 
     async def aclose(self) -> None:
         if self._direct is not None:
@@ -347,6 +391,7 @@ class S3Store(Store):
 
         async def operation() -> bytes:
             return await self._read_attempt(
+                object_key,
                 lambda direct: direct.get_bytes(object_key, start, end),
                 lambda: self._sdk_get(key, check, Range=f"bytes={start}-{end - 1}"),
             )
@@ -372,7 +417,7 @@ class S3Store(Store):
             return True
 
         async def operation() -> None:
-            await self._read_attempt(direct_call, sdk_call)
+            await self._read_attempt(object_key, direct_call, sdk_call)
 
         await self._retrying(key, operation)
 
@@ -387,6 +432,7 @@ class S3Store(Store):
 
         async def operation() -> bytes:
             return await self._read_attempt(
+                object_key,
                 lambda direct: direct.get_bytes(object_key),
                 lambda: self._sdk_get(key, check),
             )

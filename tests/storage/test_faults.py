@@ -132,7 +132,7 @@ async def test_s3_faults_are_retried(s3_proxy: FaultProxy, moto_s3: MotoS3, tmp_
         assert s3_proxy.applied == ["403", "403"]
 
 
-async def test_s3_direct_read_refused_where_the_sdk_succeeds_leaves_reads_to_the_sdk(
+async def test_s3_direct_read_refused_where_the_sdk_succeeds_leaves_that_key_to_the_sdk(
     s3_proxy: FaultProxy, moto_s3: MotoS3
 ) -> None:
     bucket = moto_s3.create_bucket()
@@ -140,15 +140,18 @@ async def test_s3_direct_read_refused_where_the_sdk_succeeds_leaves_reads_to_the
     async with open_store(f"s3://{bucket}/g", retry=RETRY, **options) as store:
         assert isinstance(store, S3Store)
         await store.write("data.bin", DATA)
+        await store.write("other.bin", DATA[:100])
         assert await store.read_range("data.bin", 0, 10) == DATA[:10]
-        assert store._direct is not None and not store._direct.disabled
+        assert store._direct is not None and not store._sdk_keys
         s3_proxy.clear()
         s3_proxy.inject(["403"])  # the next (direct) request only: the SDK's goes through
         assert await store.read("data.bin") == DATA
         assert store.retries == 0
-        assert store._direct.disabled
+        assert list(store._sdk_keys) == ["g/data.bin"]  # that key only, not the store
         assert await store.read_range("data.bin", 5, 9) == DATA[5:9]
         assert s3_proxy.requests == 3  # the refused direct GET, then two through the SDK
+        assert await store.read("other.bin") == DATA[:100]
+        assert list(store._sdk_keys) == ["g/data.bin"]
 
 
 async def test_a_dropped_kept_alive_connection_is_resent_once(

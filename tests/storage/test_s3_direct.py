@@ -63,7 +63,7 @@ async def test_direct_reads_carry_signatures_s3_accepts(
         assert dest.read_bytes() == data
         with pytest.raises(ObjectNotFoundError, match=f"{url}/missing"):
             await store.read("missing")
-        assert store._direct is not None and not store._direct.disabled
+        assert store._direct is not None and not store._sdk_keys
         # Every read went the direct way: aiobotocore never had to build a client.
         assert store._client is None
         assert store.retries == 0
@@ -76,7 +76,7 @@ async def test_requester_pays_reads_are_signed_with_their_header(signed_moto: Mo
     async with open_store(url, **options) as store:
         assert isinstance(store, S3Store)
         assert await store.read_range("k", 0, 4) == b"paid"
-        assert store._direct is not None and not store._direct.disabled
+        assert store._direct is not None and not store._sdk_keys
 
 
 async def test_a_wrong_secret_is_refused_by_both_paths(signed_moto: MotoS3) -> None:
@@ -89,7 +89,7 @@ async def test_a_wrong_secret_is_refused_by_both_paths(signed_moto: MotoS3) -> N
             await store.read("k")
         assert store.retries == 0
         # The SDK was refused too: nothing says the direct path signs differently.
-        assert store._direct is not None and not store._direct.disabled
+        assert store._direct is not None and not store._sdk_keys
 
 
 async def test_a_proxy_in_the_environment_leaves_reads_to_the_sdk(
