@@ -130,7 +130,8 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     :param streams: the streams to mix; or give ``remote``/``local``/``split`` for one stream.
     :param remote: where the dataset lives (path or URL), for a single stream.
     :param local: the node-local cache directory (``None``: one under the system temp dir keyed
-        by ``remote``).
+        by ``remote``); without ``remote``, the dataset itself, only ever read (compressed
+        shards are decompressed into ``<temp dir>/astream/local-<digest>``).
     :param split: a sub-directory of ``remote`` and ``local``.
     :param download_retry: retries of a failed request (default 2).
     :param download_timeout: seconds without progress before a request is abandoned (default 60).
@@ -495,7 +496,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
                 return sample
             await fetcher.fetch_shard(shard)
             info = self.table.shards[shard]
-            root = fetcher.cache_of(shard).root
+            root = fetcher.cache_of(shard).directory_of(info)
             with (
                 fetcher.cache_of(shard).pin(info),
                 open_shard(info, root, allow_unsafe_types=self.allow_unsafe_types) as reader,

@@ -157,6 +157,10 @@ def _file_pairs(shard: ShardInfo) -> list[tuple[FileInfo, FileInfo | None]]:
     return pairs
 
 
+def _complete_in(folder: Path, shard: ShardInfo) -> bool:
+    return all(_has_size(folder / raw.basename, raw.bytes) for raw, _ in _file_pairs(shard))
+
+
 class ShardPin:
     """A shared lock on one shard: while held, no process evicts it.
 
@@ -197,14 +201,24 @@ class ShardCache:
     :param root: the stream's local directory. Created on first use, not here.
     :param limit: bytes of shard files the directory may hold (an int or ``"100gb"``); ``None``
         for no limit. Least recently used shards are evicted to stay under it.
-    :param evictable: ``False`` when the directory *is* the dataset (it has no remote): then
-        nothing is ever deleted, and no LRU stamps or read locks are kept.
+    :param evictable: ``False`` when nothing may be deleted (a local-only dataset's cache):
+        then no LRU stamps or read locks are kept.
+    :param origin: a local-only dataset's own folder, only ever read: a shard whose raw files
+        are there at their index sizes is read in place, and a compressed file there is
+        decompressed into ``root`` without a copy. Nothing is written into it: locks, stamps
+        and decompressed shards all go under ``root``.
     """
 
     def __init__(
-        self, root: Path | str, *, limit: int | str | None = None, evictable: bool = True
+        self,
+        root: Path | str,
+        *,
+        limit: int | str | None = None,
+        evictable: bool = True,
+        origin: Path | str | None = None,
     ) -> None:
         self.root = Path(root)
+        self.origin = None if origin is None else Path(origin)
         self.limit = None if limit is None else parse_bytes(limit)
         self.evictable = evictable
         self._meta = self.root / _META_DIR
@@ -217,14 +231,25 @@ class ShardCache:
 
     # -- paths and readiness -----------------------------------------------------------------
 
+    def directory_of(self, shard: ShardInfo) -> Path:
+        """The folder holding the shard's raw files: :attr:`origin` when they are all there
+        (read in place), else :attr:`root`."""
+        origin = self.origin
+        if origin is not None and _complete_in(origin, shard):
+            return origin
+        return self.root
+
     def raw_path(self, shard: ShardInfo) -> Path:
         """Where the shard's raw (decompressed) data file lives."""
-        return self.root / shard.raw.basename
+        return self.directory_of(shard) / shard.raw.basename
 
     def is_ready(self, shard: ShardInfo) -> bool:
         """Whether the shard's raw files (data, and meta for JSON/CSV) are present at their
         index sizes, which in this cache means complete (see the module invariants)."""
-        return all(_has_size(self.root / raw.basename, raw.bytes) for raw, _ in _file_pairs(shard))
+        origin = self.origin
+        return _complete_in(self.root, shard) or (
+            origin is not None and _complete_in(origin, shard)
+        )
 
     def _lock_path(self, shard: ShardInfo) -> Path:
         return self._meta / "locks" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.lock"
@@ -396,8 +421,11 @@ class ShardCache:
                 os.replace(tmp, dest)
                 return
             zip_dest = self.root / zip_info.basename
+            in_origin = None if self.origin is None else self.origin / zip_info.basename
             local_zip = _has_size(zip_dest, zip_info.bytes)
-            if local_zip:
+            if in_origin is not None and _has_size(in_origin, zip_info.bytes):
+                src, local_zip = in_origin, True  # read where it is, never copied
+            elif local_zip:
                 src = zip_dest
             else:
                 src = _temp_name(zip_dest)
@@ -683,7 +711,11 @@ class ShardCache:
         self._counts_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ShardCache({str(self.root)!r}, limit={self.limit!r}, evictable={self.evictable!r})"
+        origin = "" if self.origin is None else f", origin={str(self.origin)!r}"
+        return (
+            f"ShardCache({str(self.root)!r}, limit={self.limit!r}, "
+            f"evictable={self.evictable!r}{origin})"
+        )
 
 
 async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json") -> bytes:

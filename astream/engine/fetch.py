@@ -110,7 +110,13 @@ def make_caches(table: ShardTable, cache_limit: int | None) -> list[ShardCache]:
         limit = None
         if cache_limit is not None and source.remote is not None:
             limit = max(1, cache_limit * totals[stream] // whole)
-        cache = ShardCache(source.local, limit=limit, evictable=source.remote is not None)
+        local_only = source.remote is None
+        cache = ShardCache(
+            source.cache_dir,
+            limit=limit,
+            evictable=not local_only,
+            origin=source.local if local_only else None,
+        )
         # A cache left over its limit by an earlier run shrinks before this one downloads.
         cache.trim()
         caches.append(cache)

@@ -228,7 +228,9 @@ class ReaderPool:
             if not cache.is_ready(info):
                 stack.close()
                 return None
-            reader = open_shard(info, cache.root, allow_unsafe_types=self.allow_unsafe_types)
+            reader = open_shard(
+                info, cache.directory_of(info), allow_unsafe_types=self.allow_unsafe_types
+            )
             stack.callback(reader.close)
         except BaseException:
             stack.close()

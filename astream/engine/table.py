@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from astream.format import DatasetIndex, ShardInfo
 from astream.storage import RetryConfig, TransferConfig
 
-__all__ = ["ShardTable", "StreamSource", "default_local"]
+__all__ = ["ShardTable", "StreamSource", "default_local", "local_only_cache"]
 
 
 def default_local(remote: str) -> Path:
@@ -27,12 +27,23 @@ def default_local(remote: str) -> Path:
     return Path(tempfile.gettempdir()) / "astream" / digest
 
 
+def local_only_cache(dataset: Path) -> Path:
+    """Where a local-only dataset's decompressed shards and astream's lock files go.
+
+    ``<temp dir>/astream/local-<digest of the folder's absolute path>``: never inside the
+    dataset folder, which is only read, and the same for every process of the node.
+    """
+    digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / "astream" / f"local-{digest}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class StreamSource:
     """Where one stream's shards come from and go to, resolved from a :class:`~astream.Stream`.
 
     :param remote: URL (or path) of the stream's dataset, ``None`` when ``local`` is the dataset.
-    :param local: the node-local cache directory (the dataset itself when ``remote`` is None).
+    :param local: the node-local cache directory; when ``remote`` is None, the dataset itself,
+        read in place (see :attr:`cache_dir`).
     :param validate_hash: hash algorithm checked on every downloaded file, or ``None``.
     :param keep_zip: keep compressed files next to the decompressed ones.
     :param retry: the store's retry and timeout settings.
@@ -50,6 +61,12 @@ class StreamSource:
     def store_url(self) -> str:
         """The URL the shards are read from."""
         return self.remote if self.remote is not None else str(self.local)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where shards are cached: ``local``, except for a local-only dataset (read in place),
+        whose decompressed shards and lock files go to :func:`local_only_cache`."""
+        return self.local if self.remote is not None else local_only_cache(self.local)
 
 
 class ShardTable:

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from astream import (
     StreamingDataLoader,
     StreamingDataset,
 )
+from astream.engine.table import local_only_cache
 from astream.plan import World
 from tests.engine.datasets import (
     batches_of_ids,
@@ -411,3 +413,35 @@ def test_persistent_workers_follow_set_epoch_and_resume(dataset_dir: Path) -> No
     loader.load_state_dict(state)
     assert epoch() == loader_order(dataset, 2, 64, 2, 8)
     assert epoch() == loader_order(dataset, 3, 0, 2, 8)
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_local_only_dataset_folder_is_only_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None
+) -> None:
+    # getting-started promises that `local` alone is read in place: nothing of astream's (no
+    # decompressed copy, no .astream/ lock folder) may appear in the dataset's folder.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    src = write_mds(tmp_path / "ds", 60, compression=compression)
+    before = _listing(src)
+    dataset = StreamingDataset(local=src, shuffle=True, batch_size=4)
+    assert sorted(check_sample(s) for s in dataset) == list(range(60))
+    assert check_sample(dataset[37]) == 37
+    loader = StreamingDataLoader(dataset, batch_size=4, num_workers=2)
+    assert sorted(i for batch in loader for i in batch["id"].tolist()) == list(range(60))
+    assert _listing(src) == before
+    cache = local_only_cache(src)
+    assert cache.parent == tmp_path / "tmp" / "astream"
+    copies = sorted(p.name for p in cache.glob("shard.*"))
+    if compression is None:
+        assert copies == []  # read in place: nothing copied
+    else:
+        assert copies == sorted(p.name[: -len(".zstd")] for p in src.glob("shard.*.zstd"))
