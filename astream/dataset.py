@@ -12,6 +12,7 @@ import asyncio
 import math
 import os
 import threading
+import warnings
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -19,12 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from astream.engine.cache import ShardCache, fetch_index
-from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches
+from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches, remote_bytes
 from astream.engine.loop import io_loop
 from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_sync
 from astream.engine.table import ShardTable, StreamSource
+from astream.engine.working_set import check_cache_plan
 from astream.errors import (
     AstreamError,
+    CacheLimitWarning,
     DatasetNotFoundError,
     IndexFormatError,
     ObjectNotFoundError,
@@ -247,6 +250,8 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             batching_method=batching_method,  # type: ignore[arg-type]
         )
         self.plan = EpochPlan(self._config)
+        if shuffle and self.cache_limit is not None:
+            self._check_cache_plan(self.cache_limit)
         self._next_epoch = 0
         self._resume: PlanState | None = None
         # (epoch, first sample) an epoch was started at, by __iter__ or by a StreamingDataLoader
@@ -255,6 +260,21 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         self._claimed: tuple[int, int] | None = None
         self._runtime: _Runtime | None = None
         self._proc_state: tuple[int, Counters, list[ShardCache]] | None = None
+
+    def _check_cache_plan(self, cache_limit: int) -> None:
+        """Warn when the shuffle's working set per node cannot fit ``cache_limit``."""
+        if all(source.remote is None for source in self.table.sources):
+            return
+        found = check_cache_plan(
+            self.table,
+            self._config,
+            detect_world(),
+            cache_limit=cache_limit,
+            window_bytes=self.window.bytes,
+            window_shards=self.window.shards,
+        )
+        if not found.fits:
+            warnings.warn(found.message, CacheLimitWarning, stacklevel=3)
 
     # -- pickling: the runtime stays in its process ------------------------------------------
 
@@ -271,7 +291,8 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         """This process's counters and caches, shared by sync and async iteration."""
         state = self._proc_state
         if state is None or state[0] != os.getpid():
-            state = (os.getpid(), Counters(), make_caches(self.table, self.cache_limit))
+            counters = Counters(dataset_bytes=remote_bytes(self.table))
+            state = (os.getpid(), counters, make_caches(self.table, self.cache_limit))
             self._proc_state = state
         return state[1], state[2]
 

@@ -19,6 +19,9 @@
     ├── WorldError (ValueError)             rank/world settings that contradict each other
     └── PlanError (ValueError)              order parameters that cannot produce an epoch
 
+One warning: ``CacheLimitWarning`` (an ``AstreamError`` and a ``UserWarning``), when a shuffle's
+working set cannot fit ``cache_limit`` (shards would be downloaded again and again).
+
 SDK and HTTP errors are translated where they cross a backend boundary, with
 ``raise ... from exc`` so the original stays attached as ``__cause__``.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "AstreamError",
     "CacheError",
+    "CacheLimitWarning",
     "DatasetNotFoundError",
     "EncodingError",
     "FormatError",
@@ -120,3 +124,9 @@ class WorldError(AstreamError, ValueError):
 
 class PlanError(AstreamError, ValueError):
     """Sample-order parameters that cannot produce an epoch."""
+
+
+class CacheLimitWarning(AstreamError, UserWarning):
+    """A shuffle's working set per node does not fit ``cache_limit``: shards would be evicted
+    before their last use and downloaded again. The message names a ``cache_limit`` and a
+    ``shuffle_block_size`` that would fit."""

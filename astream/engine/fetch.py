@@ -23,7 +23,7 @@ from astream.engine.table import ShardTable
 from astream.format import decode_sample, offsets_range, parse_offsets, payload_basename
 from astream.storage import Store, open_store
 
-__all__ = ["LEAD_WAIT", "Counters", "EngineStatistics", "Fetcher", "make_caches"]
+__all__ = ["LEAD_WAIT", "Counters", "EngineStatistics", "Fetcher", "make_caches", "remote_bytes"]
 
 #: Longest wait (seconds) of other downloads for a lead download's first bytes.
 LEAD_WAIT = 2.0
@@ -44,6 +44,8 @@ class EngineStatistics:
     :param consumer_wait_s: seconds the consumer waited for data.
     :param samples: samples handed to the consumer.
     :param range_reads: random-access reads served by range requests without the whole shard.
+    :param dataset_bytes: bytes of the dataset's remote shards, each once (as fetched: compressed
+        sizes); :attr:`fetched_ratio` compares :attr:`bytes_downloaded` with it.
     """
 
     bytes_in_flight: int = 0
@@ -56,14 +58,26 @@ class EngineStatistics:
     samples: int = 0
     range_reads: int = 0
     evictions: int = 0
+    dataset_bytes: int = 0
+
+    @property
+    def fetched_ratio(self) -> float:
+        """Bytes this process downloaded per byte of the dataset (0.0 for a local dataset).
+
+        A cold epoch on one node is 1.0 over all its processes together; well above that,
+        shards are evicted and downloaded again (a shuffle whose working set exceeds
+        ``cache_limit``: see :class:`~astream.errors.CacheLimitWarning`).
+        """
+        return self.bytes_downloaded / self.dataset_bytes if self.dataset_bytes else 0.0
 
 
 class Counters:
     """Mutable engine counters shared by the consumer and the loop thread (under a lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dataset_bytes: int = 0) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
+        self.dataset_bytes = dataset_bytes
         self.store_retries: Callable[[], int] = lambda: 0
         #: The caches whose download, hit and eviction counts the snapshot adds up.
         self.caches: list[ShardCache] = []
@@ -94,7 +108,18 @@ class Counters:
             consumer_wait_s=float(values.get("consumer_wait_s", 0.0)),
             samples=int(values.get("samples", 0)),
             range_reads=int(values.get("range_reads", 0)),
+            dataset_bytes=self.dataset_bytes,
         )
+
+
+def remote_bytes(table: ShardTable) -> int:
+    """Bytes of the table's remote shards, each once, as fetched (compressed sizes)."""
+    remote = [source.remote is not None for source in table.sources]
+    return sum(
+        int(table.fetch_bytes[k])
+        for k in range(len(table.shards))
+        if remote[int(table.shard_stream[k])]
+    )
 
 
 def make_caches(table: ShardTable, cache_limit: int | None) -> list[ShardCache]:
