@@ -1,199 +1,622 @@
-"""astream's ``StreamingDataset`` end to end, against mosaicml-streaming, litdata and webdataset.
+"""astream's ``StreamingDataset`` as training runs it, against mosaicml-streaming, LitData and
+WebDataset, every side in the same run, on the same samples.
 
-Four parts, in one run; every measurement runs in a fresh subprocess (the peers leave shared
-memory, threads and module state behind), on the same samples:
+The headline rows are shuffled epochs through each side's DataLoader (batch 256, a collate,
+``num_workers`` 0 and 2), local and cold from S3 (moto and s3rver), on 64 MiB and on 4 MiB
+shards; unshuffled rows are context. How each side is run: :mod:`benchmarks.peers`.
 
-1. **Local disk**: 100,000 samples (20,000 with ``--quick``) of a 4,096-byte ``data`` column and
-   an ``int`` ``id``, iterated with no DataLoader (num_workers=0, no shuffle), samples/s.
-   astream and mosaicml-streaming read the same MDS files (written by astream's ``MDSWriter``,
-   byte-identical to mosaicml's); litdata reads its own ``optimize()`` output of the same
-   samples; webdataset reads tar shards of them. Best of ``LOCAL_REPEATS`` runs, sides in turn.
-2. **Cold epoch over loopback**: the same MDS dataset uploaded to moto S3 and served by the
-   aiohttp file server; each run starts with an empty cache directory. Samples/s over the whole
-   epoch (construction included) and time to first sample (from construction). mosaicml-streaming
-   0.13.0 has no HTTP downloader (``Unsupported remote path``), so HTTP rows are astream's alone.
-3. **Resume at mid-epoch**: time from construction to the first sample after
-   ``load_state_dict`` at 50% of the epoch, against a fresh start, local (warm) dataset.
-4. **RSS flatness**: one long epoch of small samples (astream, local), RSS and anonymous RSS
-   sampled every ``RSS_EVERY`` samples; peak of the last quarter over peak of the first.
+Parts (``-o parts=...``, comma-separated; all by default):
 
-The bench reports; it asserts nothing. A child that fails leaves its error in the notes.
+- ``loader``: local disk, warm page cache, through the DataLoader.
+- ``bare``: local, no DataLoader, ``num_workers=0``, samples (the loader-less targets).
+- ``remote``: cold epochs (a fresh cache directory per run) from moto and s3rver.
+- ``async``: astream's ``async for`` with a 5 ms ticker task beside it (lateness p50/p99/max),
+  cold from s3rver and from an aiohttp file server, and warm local; sync epochs beside them.
+- ``resume``: first sample after ``load_state_dict`` at 50% against a fresh start.
+- ``rss``: RSS flatness over one long epoch of small samples.
+
+Each row reports time to first batch (TTFB, from construction), samples/s over the epoch
+(construction included), steady samples/s (from 20% of the epoch on) and the peak PSS of the
+process tree (the process and its DataLoader workers; "anon" counts anonymous and shared
+memory only, not mapped shard files). Targets are checked in the same run; a missed one says by
+how much. The bench reports; it asserts nothing. A child that fails leaves its error in the notes.
+
+Options (``python -m benchmarks engine -o KEY=VALUE ...``): ``samples`` (default 100,000;
+20,000 with ``--quick``), ``shards`` (MiB, default ``64,4``), ``parts``, ``stores``
+(``moto,s3rver``), ``workers`` (``0,2``), ``sides``, ``repeats`` (local runs per row, best
+kept; default 2, 1 with ``--quick``), ``data`` (a directory that keeps the written datasets
+between invocations), ``max_seconds`` (per epoch, default 60; a slower side reports a partial
+epoch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
-import subprocess
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks import peers
+from benchmarks.peers import PEERS, SIDES, WRITERS, spawn, write_mds
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-SAMPLE_BYTES = 4096
-SHARD_BYTES = 1 << 26
-LOCAL_REPEATS = 2
 LONG_RUN = 20.0
 RSS_EVERY = 1000
 RSS_SAMPLE_BYTES = 256
 CHILD_TIMEOUT = 300.0
+MODULE = "benchmarks.bench_engine"
 COMMAND = "nox -s bench -- engine"
 
-# -- the samples ------------------------------------------------------------------------------
+TableRows = list[dict[str, Any]]
 
-_POOL: np.ndarray[Any, Any] | None = None
-
-
-def _sample(i: int, size: int = SAMPLE_BYTES) -> dict[str, Any]:
-    """Sample ``i``: half random bytes (from a fixed pool), half one repeated byte; and its id."""
-    global _POOL
-    if _POOL is None:
-        _POOL = np.random.default_rng(0).integers(0, 256, size=(1024, 2048), dtype=np.uint8)
-    half = size // 2
-    row = _POOL[i % 1024, :half].tobytes()
-    return {"data": row + bytes([i % 251]) * half, "id": i}
+# -- targets ----------------------------------------------------------------------------------
 
 
-def _write_mds(out: Path, n: int, size: int = SAMPLE_BYTES, size_limit: int = SHARD_BYTES) -> None:
-    from astream import MDSWriter
-
-    columns = {"data": "bytes", "id": "int"}
-    with MDSWriter(out=str(out), columns=columns, size_limit=size_limit) as writer:
-        for i in range(n):
-            writer.write(_sample(i, size))
-
-
-def litdata_sample(i: int) -> dict[str, Any]:
-    """litdata's ``optimize`` needs a top-level function."""
-    return _sample(i)
-
-
-def _write_litdata(out: Path, n: int) -> None:
-    from litdata import optimize
-
-    optimize(
-        fn=litdata_sample,
-        inputs=list(range(n)),
-        output_dir=str(out),
-        chunk_bytes=SHARD_BYTES,
-        num_workers=1,
-        verbose=False,
-    )
-
-
-def _write_wds(out: Path, n: int) -> None:
-    import webdataset as wds
-
-    out.mkdir(parents=True, exist_ok=True)
-    pattern = str(out / "shard-%06d.tar")
-    with wds.ShardWriter(pattern, maxsize=SHARD_BYTES, maxcount=10**9, verbose=0) as sink:
-        for i in range(n):
-            s = _sample(i)
-            sink.write({"__key__": f"{i:08d}", "data": s["data"], "id": str(i).encode()})
-
-
-def _wds_urls(directory: Path) -> list[str]:
-    return sorted(str(p) for p in directory.glob("shard-*.tar"))
-
-
-# -- what a child measures --------------------------------------------------------------------
-
-
-def _consume(samples: Iterable[dict[str, Any]], started: float, decode_id: bool) -> dict[str, Any]:
-    """Iterate to the end, touching both columns; times from ``started`` (perf_counter)."""
-    first: float | None = None
-    count = total = 0
-    for s in samples:
-        if first is None:
-            first = time.perf_counter() - started
-        total += len(s["data"])
-        _ = int(s["id"]) if decode_id else s["id"]
-        count += 1
-    return {
-        "samples": count,
-        "bytes": total,
-        "seconds": time.perf_counter() - started,
-        "first": first,
-    }
-
-
-MODULES = {
-    "astream": "astream",
-    "mosaicml-streaming": "streaming",
-    "mosaicml-streaming dataset[i]": "streaming",
-    "litdata": "litdata",
-    "webdataset": "webdataset",
-}
-
-
-def _open(kind: str, local: str, remote: str | None) -> Iterable[dict[str, Any]]:
-    """The dataset of ``kind`` over ``local`` (its module imported beforehand by the caller)."""
-    module: Any = sys.modules[MODULES[kind]]
-    if kind in ("astream", "mosaicml-streaming"):
-        dataset = module.StreamingDataset(remote=remote, local=local, batch_size=1, shuffle=False)
-    elif kind == "mosaicml-streaming dataset[i]":
-        # Context, not its iteration: random access skips the threads that __iter__ polls.
-        whole = module.StreamingDataset(remote=remote, local=local, batch_size=1, shuffle=False)
-        dataset = (whole[i] for i in range(len(whole)))
-    elif kind == "litdata":
-        dataset = module.StreamingDataset(input_dir=local, shuffle=False)
+def target(label: str, value: float | None, op: str, goal: float) -> dict[str, Any]:
+    """One target: its value, whether it is met, and by how much it is missed."""
+    entry: dict[str, Any] = {"target": label, "goal": f"{op} {goal:g}", "value": value}
+    if value is None:
+        entry.update(met=None, by="not measured")
+    elif op == ">=":
+        entry["met"] = value >= goal
+        entry["by"] = "" if entry["met"] else f"missed: {1 - value / goal:.0%} short of {goal:g}"
     else:
-        dataset = module.WebDataset(_wds_urls(Path(local)), shardshuffle=False)
-    return dataset  # type: ignore[no-any-return]
+        entry["met"] = value <= goal
+        entry["by"] = "" if entry["met"] else f"missed: {value / goal - 1:.0%} over {goal:g}"
+    return entry
 
 
-def _import(kind: str) -> None:
-    """Import ``kind``'s dataset class outside the timed region (astream's is lazy: torch)."""
-    module = __import__(MODULES[kind])
-    getattr(module, "WebDataset" if kind == "webdataset" else "StreamingDataset")
+def _rate(got: dict[str, Any] | None) -> float | None:
+    if not got or "error" in got or not got.get("seconds"):
+        return None
+    return float(got["samples"]) / float(got["seconds"])
 
 
-# What each side imports to talk to S3: imported before the clock starts in the "SDK imported
-# first" rows, as in a training process that has already loaded its libraries.
-# astream signs its reads itself and sends them with its own HTTP client: with the keys in the
-# environment (as here) it imports no S3 library at all.
-S3_SDK: dict[str, list[str]] = {"astream": [], "mosaicml-streaming": ["boto3"]}
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
-def _child_read(args: dict[str, Any]) -> dict[str, Any]:
-    kind = args["kind"]
-    _import(kind)
-    for module in args.get("preimport", []):
-        __import__(module)
-    started = time.perf_counter()
-    dataset = _open(kind, args["local"], args.get("remote"))
-    constructed = time.perf_counter() - started
-    result = _consume(dataset, started, decode_id=kind == "webdataset")
-    result["construct"] = constructed
-    if kind == "astream":
-        result["statistics"] = repr(dataset.statistics())  # type: ignore[attr-defined]
-    return result
+# -- the datasets -----------------------------------------------------------------------------
+
+
+class Data:
+    """The same ``n`` samples in each side's format, per shard size (MiB), written on demand."""
+
+    def __init__(self, root: Path, n: int, notes: list[str]) -> None:
+        self.root, self.n, self.notes = root, n, notes
+        self.made: dict[int, dict[str, Path]] = {}
+
+    def dirs(self, mib: int) -> dict[str, Path]:
+        """Directories by side (astream and mosaicml-streaming share the MDS files)."""
+        if mib in self.made:
+            return self.made[mib]
+        base = self.root / f"n{self.n}-{mib}mib"
+        mds = base / "mds"
+        if not (mds / "index.json").exists():
+            shutil.rmtree(mds, ignore_errors=True)
+            write_mds(mds, self.n, mib << 20)
+        out = {"astream": mds, "mosaicml-streaming": mds}
+        for kind in WRITERS:
+            directory = base / kind
+            done = directory / ".complete"
+            if not done.exists():
+                shutil.rmtree(directory, ignore_errors=True)
+                args = {"task": "write", "kind": kind, "out": str(directory), "n": self.n}
+                made = spawn(MODULE, {**args, "shard_bytes": mib << 20}, timeout=1800)
+                if "error" in made:
+                    self.notes.append(f"data: writing the {kind} copy failed: {made['error']}")
+                    continue
+                done.touch()
+            out[kind] = directory
+        os.sync()
+        self.made[mib] = out
+        return out
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+# -- one matrix of runs -----------------------------------------------------------------------
+
+
+class Config:
+    """The options of one invocation."""
+
+    def __init__(self, quick: bool, options: dict[str, str]) -> None:
+        def listed(key: str, default: str) -> list[str]:
+            return [v.strip() for v in options.get(key, default).split(",") if v.strip()]
+
+        self.quick = quick
+        self.n = int(options.get("samples", 20_000 if quick else 100_000))
+        self.shards = [int(v) for v in listed("shards", "64,4")]
+        self.parts = listed("parts", "loader,bare,remote,async,resume,rss")
+        self.stores = listed("stores", "moto,s3rver")
+        self.workers = [int(v) for v in listed("workers", "0,2")]
+        self.sides = [s for s in SIDES if s in listed("sides", ",".join(SIDES))]
+        self.repeats = int(options.get("repeats", 1 if quick else 2))
+        self.max_seconds = float(options.get("max_seconds", 60))
+        self.data = Path(options["data"]) if "data" in options else None
+
+
+def _run_label(shuffle: bool) -> str:
+    return "shuffled" if shuffle else "unshuffled"
+
+
+def _row(name: str, got: dict[str, Any], best_peer: float | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": name,
+        "samples/s": _rate(got),
+        "steady samples/s": got.get("steady"),
+        "TTFB s": got.get("first"),
+        "PSS MB": got.get("pss MB"),
+        "PSS anon MB": got.get("pss anon MB"),
+    }
+    if best_peer is not None:
+        row["x best peer"] = _ratio(_rate(got), best_peer)
+    if got.get("partial"):
+        row["name"] += f" (partial: {got['samples']} samples in {got['seconds']:.0f} s)"
+    return row
+
+
+def _best_peer(results: dict[str, dict[str, Any]]) -> tuple[str | None, float | None]:
+    rates = {k: _rate(v) for k, v in results.items() if k in PEERS}
+    rated = {k: r for k, r in rates.items() if r}
+    if not rated:
+        return None, None
+    best = max(rated, key=lambda k: rated[k])
+    return best, rated[best]
+
+
+def _matrix(
+    where: str,
+    cfg: Config,
+    notes: list[str],
+    run: Callable[[str, bool, int], dict[str, Any]],
+) -> tuple[TableRows, dict[tuple[bool, int], dict[str, dict[str, Any]]]]:
+    """Every side x shuffle x workers at one place; rows with ratios to the best peer."""
+    rows: TableRows = []
+    found: dict[tuple[bool, int], dict[str, dict[str, Any]]] = {}
+    for shuffle in (True, False):
+        for workers in cfg.workers:
+            results: dict[str, dict[str, Any]] = {}
+            for kind in cfg.sides:
+                got = run(kind, shuffle, workers)
+                label = f"{where}, {_run_label(shuffle)}, w{workers}: {kind}"
+                if "error" in got:
+                    notes.append(f"{label} failed: {got['error']}")
+                    continue
+                if got["samples"] != cfg.n and not got.get("partial"):
+                    notes.append(f"{label} yielded {got['samples']} samples, not {cfg.n}")
+                results[kind] = got
+            found[(shuffle, workers)] = results
+            best, best_rate = _best_peer(results)
+            for kind, got in results.items():
+                row = _row(f"{where}, {_run_label(shuffle)}, w{workers}: {kind}", got)
+                if kind == "astream":
+                    row["x best peer"] = _ratio(_rate(got), best_rate)
+                    row["best peer"] = best
+                rows.append(row)
+    return rows, found
+
+
+def _first_batch_targets(
+    where: str, found: dict[tuple[bool, int], dict[str, dict[str, Any]]], workers: list[int]
+) -> list[dict[str, Any]]:
+    out = []
+    for w in workers:
+        shuffled = found.get((True, w), {})
+        unshuffled = found.get((False, w), {})
+        ours = shuffled.get("astream", {}).get("first")
+        base = unshuffled.get("astream", {}).get("first")
+        wds = shuffled.get("webdataset", {}).get("first")
+        out.append(
+            target(
+                f"{where}, w{w}: astream shuffled first batch / its unshuffled first batch",
+                _ratio(ours, base),
+                "<=",
+                1.5,
+            )
+        )
+        out.append(
+            target(
+                f"{where}, w{w}: astream shuffled first batch / WebDataset's shuffled",
+                _ratio(ours, wds),
+                "<=",
+                1.0,
+            )
+        )
+    return out
+
+
+def _vs_best_targets(
+    where: str,
+    found: dict[tuple[bool, int], dict[str, dict[str, Any]]],
+    goal: float,
+    shuffles: tuple[bool, ...],
+) -> list[dict[str, Any]]:
+    out = []
+    for (shuffle, w), results in found.items():
+        if shuffle not in shuffles:
+            continue
+        best, best_rate = _best_peer(results)
+        value = _ratio(_rate(results.get("astream")), best_rate)
+        label = f"{where}, {_run_label(shuffle)}, w{w}: astream samples/s / best peer ({best})"
+        out.append(target(label, value, ">=", goal))
+    return out
+
+
+# -- the parts --------------------------------------------------------------------------------
+
+
+def _part_loader(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, list[Any]]:
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
+    for mib in cfg.shards:
+        dirs = data.dirs(mib)
+        where = f"local {mib} MiB"
+
+        def run(kind: str, shuffle: bool, workers: int, dirs: dict[str, Path] = dirs) -> Any:
+            if kind not in dirs:
+                return {"error": "no data"}
+            best: dict[str, Any] | None = None
+            for _ in range(cfg.repeats):
+                args: dict[str, Any] = {"task": "epoch", "kind": kind, "local": str(dirs[kind])}
+                args |= {"shuffle": shuffle, "loader": True, "workers": workers}
+                got = spawn(MODULE, {**args, "max_seconds": cfg.max_seconds}, None, CHILD_TIMEOUT)
+                if "error" in got or best is None or (_rate(got) or 0) > (_rate(best) or 0):
+                    best = got
+                if "error" in got or got["seconds"] > LONG_RUN:
+                    break
+            assert best is not None
+            return best
+
+        part_rows, found = _matrix(where, cfg, notes, run)
+        rows += part_rows
+        targets += _vs_best_targets(where + " DataLoader", found, 1.5, (True,))
+        targets += _first_batch_targets(where + " DataLoader", found, cfg.workers)
+    return rows, targets
+
+
+def _part_bare(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, list[Any]]:
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
+    for mib in cfg.shards:
+        dirs = data.dirs(mib)
+        rates: dict[tuple[str, bool], float | None] = {}
+        for shuffle in (True, False):
+            for kind in cfg.sides:
+                if kind not in dirs:
+                    continue
+                best: dict[str, Any] | None = None
+                for _ in range(cfg.repeats):
+                    args: dict[str, Any] = {"task": "epoch", "kind": kind, "local": str(dirs[kind])}
+                    args |= {"shuffle": shuffle, "loader": False, "max_seconds": cfg.max_seconds}
+                    got = spawn(MODULE, args, None, CHILD_TIMEOUT)
+                    if "error" in got:
+                        notes.append(f"bare {mib} MiB {kind} failed: {got['error']}")
+                        break
+                    if best is None or (_rate(got) or 0) > (_rate(best) or 0):
+                        best = got
+                    if got["seconds"] > LONG_RUN:
+                        break
+                if best is None:
+                    continue
+                rates[(kind, shuffle)] = _rate(best)
+                row = _row(f"local {mib} MiB, no DataLoader, {_run_label(shuffle)}: {kind}", best)
+                row["TTFB s"] = best.get("first")  # the first sample here, not a batch
+                rows.append(row)
+        ours_s, ours_u = rates.get(("astream", True)), rates.get(("astream", False))
+        where = f"local {mib} MiB, no DataLoader, w0"
+        targets.append(
+            target(
+                f"{where}: astream shuffled / astream unshuffled samples/s",
+                _ratio(ours_s, ours_u),
+                ">=",
+                0.5,
+            )
+        )
+        targets.append(
+            target(
+                f"{where}: astream shuffled / mosaicml-streaming shuffled samples/s",
+                _ratio(ours_s, rates.get(("mosaicml-streaming", True))),
+                ">=",
+                10.0,
+            )
+        )
+    notes.append(
+        "bare: no DataLoader, num_workers=0, samples counted one by one; TTFB is the first "
+        "sample's; mosaicml-streaming's __iter__ hands samples over from its worker threads, "
+        "which poll with time.sleep(0.007), so its epochs stop at max_seconds (partial rows)"
+    )
+    return rows, targets
+
+
+async def _upload(root: Path, prefix: str, url: str, options: dict[str, Any]) -> None:
+    from astream.storage import open_store
+
+    async with open_store(url, **options) as store:
+        for path in _files(root):
+            await store.upload(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+
+
+class Store:
+    """A running S3 server with a bucket: what each side needs to reach it."""
+
+    def __init__(self, name: str, endpoint: str, key_id: str, secret: str, bucket: str) -> None:
+        self.name, self.endpoint, self.bucket = name, endpoint, bucket
+        self.key_id, self.secret = key_id, secret
+        self.options = {
+            "endpoint_url": endpoint,
+            "aws_access_key_id": key_id,
+            "aws_secret_access_key": secret,
+            "region": "us-east-1",
+        }
+        # astream and mosaicml-streaming read S3-compatible endpoints from the environment.
+        self.env = {
+            "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "S3_ENDPOINT_URL": endpoint,
+        }
+        # LitData takes them as storage_options (boto3 client arguments), its README's way.
+        self.litdata = {
+            "endpoint_url": endpoint,
+            "aws_access_key_id": key_id,
+            "aws_secret_access_key": secret,
+            "region_name": "us-east-1",
+        }
+
+
+@contextlib.contextmanager
+def _server(name: str) -> Iterator[tuple[Store, Callable[[], Store]]]:
+    """Start ``name`` (moto or s3rver); yields the store and a function that empties it."""
+    if name == "moto":
+        from tests.servers.moto_s3 import moto_s3_server
+
+        with moto_s3_server() as moto:
+
+            def fresh() -> Store:
+                moto.reset()  # moto holds objects in memory: drop the last shard size's
+                bucket = moto.create_bucket()
+                return Store(name, moto.endpoint_url, moto.key_id, moto.secret, bucket)
+
+            yield fresh(), fresh
+    else:
+        from tests.servers.s3rver import s3rver_server
+
+        with s3rver_server(("bench",)) as s3:
+            options = s3.store_options()
+            store = Store(
+                name,
+                s3.endpoint_url,
+                options["aws_access_key_id"],
+                options["aws_secret_access_key"],
+                "bench",
+            )
+            yield store, lambda: store
+
+
+def _remote_args(kind: str, store: Store, prefix: str, dirs: dict[str, Path]) -> dict[str, Any]:
+    """Where ``kind`` reads its copy of the data under ``prefix`` in ``store``."""
+    if kind == "webdataset":
+        keys = [f"{prefix}/webdataset/{p.name}" for p in _files(dirs[kind])]
+        urls = peers.presigned(store.endpoint, store.key_id, store.secret, store.bucket, keys)
+        return {"urls": urls}
+    if kind == "litdata":
+        return {
+            "remote": f"s3://{store.bucket}/{prefix}/litdata",
+            "storage_options": store.litdata,
+        }
+    return {"remote": f"s3://{store.bucket}/{prefix}/mds"}
+
+
+def _part_remote(
+    cfg: Config, data: Data, workdir: Path, notes: list[str]
+) -> tuple[TableRows, list[Any]]:
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
+    runs = 0
+    for name in cfg.stores:
+        try:
+            server = _server(name)
+            store, fresh = server.__enter__()
+        except Exception as exc:  # a missing server skips its rows, with the reason
+            notes.append(f"remote {name}: not run: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            for k, mib in enumerate(cfg.shards):
+                dirs = data.dirs(mib)
+                if k:
+                    store = fresh()
+                prefix = f"s{mib}"
+                started = time.perf_counter()
+                for kind in [d for d in ("astream", "litdata", "webdataset") if d in dirs]:
+                    folder = "mds" if kind == "astream" else kind
+                    root = dirs[kind]
+                    asyncio.run(
+                        _upload(root, f"{prefix}/{folder}", f"s3://{store.bucket}", store.options)
+                    )
+                notes.append(
+                    f"remote {name} {mib} MiB: uploaded every copy in "
+                    f"{time.perf_counter() - started:.0f} s"
+                )
+                where = f"cold {name} {mib} MiB"
+
+                def run(
+                    kind: str,
+                    shuffle: bool,
+                    workers: int,
+                    store: Store = store,
+                    dirs: dict[str, Path] = dirs,
+                    prefix: str = prefix,
+                ) -> dict[str, Any]:
+                    nonlocal runs
+                    if kind not in dirs:
+                        return {"error": "no data"}
+                    runs += 1
+                    cache = workdir / f"cache-{runs}"  # fresh and empty for every run
+                    args: dict[str, Any] = {"task": "epoch", "kind": kind, "cache": str(cache)}
+                    args |= {"shuffle": shuffle, "loader": True, "workers": workers}
+                    args |= {"max_seconds": cfg.max_seconds}
+                    args |= _remote_args(kind, store, prefix, dirs)
+                    try:
+                        return spawn(MODULE, args, store.env, CHILD_TIMEOUT)
+                    finally:
+                        shutil.rmtree(cache, ignore_errors=True)
+
+                part_rows, found = _matrix(where, cfg, notes, run)
+                rows += part_rows
+                targets += _vs_best_targets(where + " DataLoader", found, 1.2, (True, False))
+                targets += _first_batch_targets(where + " DataLoader", found, cfg.workers)
+        finally:
+            server.__exit__(None, None, None)
+    notes.append(
+        "remote: every run starts with an empty cache directory; time counts from construction "
+        "(each side's library imported before, its S3 client not); WebDataset streams each "
+        "shard with pipe:curl from a presigned URL and caches nothing; moto copies the whole "
+        "object for every ranged GET (shared/TESTING.md), s3rver is the throughput server"
+    )
+    return rows, targets
+
+
+def _part_async(
+    cfg: Config, data: Data, workdir: Path, notes: list[str]
+) -> tuple[TableRows, list[Any]]:
+    """Ticker lateness beside ``async for`` (cold remote, warm local); sync epochs beside."""
+    from tests.servers.http_files import http_file_server
+
+    mib = min(cfg.shards)
+    dirs = data.dirs(mib)
+    mds = dirs["astream"]
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
+    runs = 0
+
+    def pair(where: str, place: dict[str, Any], env: dict[str, str] | None, cold: bool) -> None:
+        nonlocal runs
+        got: dict[str, dict[str, Any]] = {}
+        for task in ("async", "epoch"):
+            runs += 1
+            cache = workdir / f"async-cache-{runs}"
+            args: dict[str, Any] = {
+                "task": task,
+                "kind": "astream",
+                "shuffle": True,
+                "loader": False,
+            }
+            args |= {"cache": str(cache), "max_seconds": cfg.max_seconds, **place}
+            try:
+                got[task] = spawn(MODULE, args, env, CHILD_TIMEOUT)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            if "error" in got[task]:
+                notes.append(f"async {where} {task} failed: {got[task]['error']}")
+        a, s = got.get("async", {}), got.get("epoch", {})
+        if "error" not in a:
+            row = _row(f"{where}, shuffled, w0: astream async for + 5 ms ticker", a)
+            for key in ("late p50 ms", "late p99 ms", "late max ms", "ticks", "ticks due"):
+                row[key] = a.get(key)
+            rows.append(row)
+        if "error" not in s:
+            rows.append(_row(f"{where}, shuffled, w0: astream sync for", s))
+        if cold:
+            targets.append(
+                target(f"{where}: ticker lateness p99 ms", a.get("late p99 ms"), "<=", 10)
+            )
+            targets.append(
+                target(f"{where}: ticker lateness max ms", a.get("late max ms"), "<=", 50)
+            )
+        targets.append(
+            target(
+                f"{where}: async for / sync samples/s, w0", _ratio(_rate(a), _rate(s)), ">=", 0.8
+            )
+        )
+
+    if "s3rver" in cfg.stores:
+        try:
+            with _server("s3rver") as (store, _fresh):
+                asyncio.run(_upload(mds, "async/mds", f"s3://{store.bucket}", store.options))
+                place = {"remote": f"s3://{store.bucket}/async/mds"}
+                pair(f"cold s3rver {mib} MiB", place, store.env, cold=True)
+        except Exception as exc:
+            notes.append(f"async s3rver: not run: {type(exc).__name__}: {exc}")
+    with http_file_server(mds.parent) as server:
+        pair(f"cold HTTP (aiohttp) {mib} MiB", {"remote": f"{server.url}/mds"}, None, cold=True)
+    pair(f"local {mib} MiB", {"local": str(mds)}, None, cold=False)
+    notes.append(
+        "async: the dataset is constructed inside the running loop (the ticker sees that too); "
+        "a tick's lateness is when it woke minus when it was due (5 ms after the last wake)"
+    )
+    return rows, targets
 
 
 def _child_resume(args: dict[str, Any]) -> dict[str, Any]:
     """Time to the first sample, fresh or resumed at ``at``, then 1,000 samples on."""
     kind, at = args["kind"], args["at"]
-    _import(kind)
+    peers._import(kind)
     started = time.perf_counter()
-    dataset: Any = _open(kind, args["local"], None)
+    dataset: Any = peers.open_side({**args, "shuffle": False, "loader": False})
     if at:
         # The same state dict for both: astream's is mosaicml-streaming's format.
-        state = args["state"]
-        dataset.load_state_dict(state)
+        dataset.load_state_dict(args["state"])
     it = iter(dataset)
     sample = next(it)
     first = time.perf_counter() - started
     for _ in range(999):
         next(it)
     return {"first": first, "id": int(sample["id"]), "thousand": time.perf_counter() - started}
+
+
+def _part_resume(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, list[Any]]:
+    from astream import StreamingDataset
+
+    mds = data.dirs(max(cfg.shards))["astream"]
+    n = cfg.n
+    state = StreamingDataset(local=str(mds), batch_size=1, shuffle=False).state_dict(
+        num_samples=n // 2, from_beginning=True
+    )
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
+    for kind in ("astream", "mosaicml-streaming"):
+        best: dict[int, float] = {}
+        for _ in range(max(2, cfg.repeats)):
+            for at in (0, n // 2):
+                task: dict[str, Any] = {
+                    "task": "resume",
+                    "kind": kind,
+                    "local": str(mds),
+                    "at": at,
+                    "state": state,
+                }
+                got = spawn(MODULE, task, None, CHILD_TIMEOUT)
+                if "error" in got:
+                    notes.append(f"resume: {kind} at {at} failed: {got['error']}")
+                    continue
+                if at and got["id"] != at:
+                    notes.append(f"resume: {kind} resumed at sample {got['id']}, not {at}")
+                best[at] = min(best.get(at, float("inf")), got["first"])
+        if len(best) < 2:
+            continue
+        fresh, resumed = best[0], best[n // 2]
+        rows.append(
+            {
+                "name": f"resume at 50%: {kind}",
+                "first sample s": resumed,
+                "fresh first sample s": fresh,
+                "resume - fresh s": resumed - fresh,
+            }
+        )
+        if kind == "astream":
+            targets.append(
+                target("resume first sample - fresh, seconds", resumed - fresh, "<=", 0.2)
+            )
+    notes.append("resume: times from construction to the first sample (best of 2), local dataset")
+    return rows, targets
 
 
 def _child_rss(args: dict[str, Any]) -> dict[str, Any]:
@@ -214,332 +637,117 @@ def _child_rss(args: dict[str, Any]) -> dict[str, Any]:
     anon: list[int] = []
     started = time.perf_counter()
     count = 0
-    for _epoch in range(args["epochs"]):
-        for _ in dataset:
-            count += 1
-            if count % RSS_EVERY == 0:
-                rss.append(process.memory_info().rss)
-                anon.append(anon_kb() * 1024)
-    return {
-        "samples": count,
-        "seconds": time.perf_counter() - started,
-        "rss": rss,
-        "anon": anon,
-    }
+    for _ in dataset:
+        count += 1
+        if count % RSS_EVERY == 0:
+            rss.append(process.memory_info().rss)
+            anon.append(anon_kb() * 1024)
+    return {"samples": count, "seconds": time.perf_counter() - started, "rss": rss, "anon": anon}
 
 
-def _child_write(args: dict[str, Any]) -> dict[str, Any]:
-    started = time.perf_counter()
-    writer: Callable[[Path, int], None] = {
-        "litdata": _write_litdata,
-        "webdataset": _write_wds,
-    }[args["kind"]]
-    writer(Path(args["out"]), args["n"])
-    return {"seconds": time.perf_counter() - started}
-
-
-CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "read": _child_read,
-    "resume": _child_resume,
-    "rss": _child_rss,
-    "write": _child_write,
-}
-
-
-def _child_main() -> None:
-    args = json.loads(sys.argv[1])
-    result = CHILDREN[args["task"]](args)
-    sys.stdout.flush()
-    print("\n@@RESULT@@" + json.dumps(result))
-    sys.stdout.flush()
-    # Skip interpreter teardown: peers' threads and finalizers are not what we measure.
-    os._exit(0)
-
-
-def _spawn(args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one task in a fresh interpreter; its result, or ``{"error": ...}``."""
-    full_env = {**os.environ, **(env or {})}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_engine", json.dumps(args)],
-            cwd=ROOT,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CHILD_TIMEOUT:.0f} s"}
-    marker = done.stdout.rfind("@@RESULT@@")
-    if done.returncode != 0 or marker < 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {done.returncode}: {' | '.join(tail)}"}
-    result: dict[str, Any] = json.loads(done.stdout[marker + len("@@RESULT@@") :])
-    return result
-
-
-# -- the parts --------------------------------------------------------------------------------
-
-PEERS = ("mosaicml-streaming", "litdata", "webdataset")
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-def _part_local(
-    workdir: Path, mds: Path, n: int, notes: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    dirs = {"astream": mds, "mosaicml-streaming": mds, "mosaicml-streaming dataset[i]": mds}
-    for kind in ("litdata", "webdataset"):
-        out = workdir / kind
-        made = _spawn({"task": "write", "kind": kind, "out": str(out), "n": n})
-        if "error" in made:
-            notes.append(f"local: writing the {kind} copy failed: {made['error']}")
-            continue
-        dirs[kind] = out
-    os.sync()
-    best: dict[str, dict[str, Any]] = {}
-    for _ in range(LOCAL_REPEATS):
-        for kind, directory in dirs.items():
-            if kind in best and best[kind]["seconds"] > LONG_RUN:
-                continue  # a long run is its own average; keep the whole bench in budget
-            got = _spawn({"task": "read", "kind": kind, "local": str(directory)})
-            if "error" in got:
-                notes.append(f"local: {kind} failed: {got['error']}")
-                continue
-            if got["samples"] != n:
-                notes.append(f"local: {kind} yielded {got['samples']} samples, not {n}")
-            if kind not in best or got["seconds"] < best[kind]["seconds"]:
-                best[kind] = got
-    rate = {kind: got["samples"] / got["seconds"] for kind, got in best.items()}
-    rows = []
-    for kind, got in best.items():
-        row: dict[str, Any] = {
-            "name": f"local: {kind}",
-            "samples/s": rate[kind],
-            "first sample s": got["first"],
-            "after first, samples/s": (got["samples"] - 1) / (got["seconds"] - got["first"]),
-            "MB/s": got["bytes"] / got["seconds"] / 1e6,
-        }
-        for peer in (*PEERS, "mosaicml-streaming dataset[i]"):
-            if peer != kind and kind == "astream" and peer in rate:
-                row[f"x {peer}"] = rate["astream"] / rate[peer]
-        rows.append(row)
-    ratios: dict[str, float] = {}
-    for peer, target in (("litdata", 1.5), ("mosaicml-streaming", 10.0), ("webdataset", None)):
-        r = _ratio(rate.get("astream"), rate.get(peer))
-        if r is not None:
-            label = f"local samples/s astream / {peer}"
-            ratios[label + (f" (target >= {target})" if target else "")] = r
-    notes.append(
-        "local: mosaicml-streaming's __iter__ hands samples over from its worker threads, which "
-        "poll with time.sleep(0.007) (cProfile: ~88% of its time in sleep on this loaded "
-        "machine); its dataset[i] loop (a context row, not a peer) shows its reader's speed"
-    )
-    if "astream" in best:
-        notes.append(f"local: astream statistics at the end: {best['astream']['statistics']}")
-    return rows, ratios
-
-
-async def _upload(paths: list[Path], url: str, options: dict[str, Any]) -> None:
-    from astream.storage import open_store
-
-    async with open_store(url, **options) as store:
-        for path in paths:
-            await store.upload(path, path.name)
-
-
-def _part_cold(
-    workdir: Path, mds: Path, notes: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    from tests.servers.http_files import http_file_server
-    from tests.servers.moto_s3 import CREDENTIALS, moto_s3_server
-
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    runs = 0
-
-    def cold(
-        kind: str,
-        store: str,
-        remote: str,
-        env: dict[str, str] | None = None,
-        preimport: list[str] | None = None,
-    ) -> None:
-        nonlocal runs
-        runs += 1
-        cache = workdir / f"cache-{runs}"  # fresh and empty for every run
-        args = {"task": "read", "kind": kind, "local": str(cache), "remote": remote}
-        got = _spawn({**args, "preimport": preimport or []}, env)
-        if "error" in got:
-            notes.append(f"cold {store}: {kind} failed: {got['error']}")
-        else:
-            results[(kind, store)] = got
-
-    with moto_s3_server() as moto:
-        bucket = moto.create_bucket()
-        asyncio.run(_upload(sorted(mds.iterdir()), f"s3://{bucket}/ds", moto.store_options()))
-        env = {**CREDENTIALS, "S3_ENDPOINT_URL": moto.endpoint_url}
-        for kind in ("astream", "mosaicml-streaming"):
-            cold(kind, "moto S3", f"s3://{bucket}/ds", env)
-        for kind in ("astream", "mosaicml-streaming"):
-            cold(kind, "moto S3, SDK imported first", f"s3://{bucket}/ds", env, S3_SDK[kind])
-    with http_file_server(mds.parent) as server:
-        cold("astream", "aiohttp HTTP", f"{server.url}/{mds.name}")
-    notes.append(
-        "cold: mosaicml-streaming 0.13.0 has no http:// downloader (its DOWNLOADER_MAPPINGS "
-        "lack the scheme: 'Unsupported remote path'), so the HTTP row is astream's alone"
-    )
-    notes.append(
-        "cold: first sample counts from construction, which imports each side's S3 client "
-        "(astream: none, it signs S3 reads itself and takes the keys from the environment; "
-        "mosaicml-streaming: boto3); the 'SDK imported first' rows import them before the clock "
-        "starts"
-    )
-    notes.append(
-        "cold: moto copies the whole object under a lock for every (ranged) GET and slices it "
-        "(shared/TESTING.md): a correctness server, slow by construction for range reads; "
-        "mosaicml-streaming's boto3 download_file also splits each shard into 8 MB ranged GETs"
-    )
-    rows = []
-    for (kind, store), got in results.items():
-        row: dict[str, Any] = {
-            "name": f"cold {store}: {kind}",
-            "samples/s": got["samples"] / got["seconds"],
-            "first sample s": got["first"],
-            "MB/s": got["bytes"] / got["seconds"] / 1e6,
-        }
-        ref = results.get(("mosaicml-streaming", store))
-        if kind == "astream" and ref:
-            row["x mosaicml-streaming"] = row["samples/s"] / (ref["samples"] / ref["seconds"])
-            row["first / mosaicml first"] = got["first"] / ref["first"]
-        rows.append(row)
-        if kind == "astream":
-            notes.append(f"cold {store}: astream statistics: {got['statistics']}")
-    ratios: dict[str, float] = {}
-    ours, ref = results.get(("astream", "moto S3")), results.get(("mosaicml-streaming", "moto S3"))
-    if ours and ref:
-        ratios["cold S3 samples/s astream / mosaicml-streaming (target >= 2)"] = (
-            ours["samples"] / ours["seconds"] / (ref["samples"] / ref["seconds"])
-        )
-        ratios["cold S3 first sample astream / mosaicml-streaming (target <= 0.5)"] = (
-            ours["first"] / ref["first"]
-        )
-    ours = results.get(("astream", "moto S3, SDK imported first"))
-    ref = results.get(("mosaicml-streaming", "moto S3, SDK imported first"))
-    if ours and ref:
-        ratios["cold S3 first sample, SDKs imported first, astream / mosaicml-streaming"] = (
-            ours["first"] / ref["first"]
-        )
-    return rows, ratios
-
-
-def _part_resume(
-    mds: Path, n: int, notes: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    from astream import StreamingDataset
-
-    state = StreamingDataset(local=str(mds), batch_size=1, shuffle=False).state_dict(
-        num_samples=n // 2, from_beginning=True
-    )
-    rows: list[dict[str, Any]] = []
-    ratios: dict[str, float] = {}
-    for kind in ("astream", "mosaicml-streaming"):
-        best: dict[int, float] = {}
-        for _ in range(LOCAL_REPEATS):
-            for at in (0, n // 2):
-                task = {"task": "resume", "kind": kind, "local": str(mds), "at": at, "state": state}
-                got = _spawn(task)
-                if "error" in got:
-                    notes.append(f"resume: {kind} at {at} failed: {got['error']}")
-                    continue
-                if at and got["id"] != at:
-                    notes.append(f"resume: {kind} resumed at sample {got['id']}, not {at}")
-                best[at] = min(best.get(at, float("inf")), got["first"])
-        if len(best) < 2:
-            continue
-        fresh, resumed = best[0], best[n // 2]
-        rows.append(
-            {
-                "name": f"resume at 50%: {kind}",
-                "first sample s": resumed,
-                "fresh first sample s": fresh,
-                "resume - fresh s": resumed - fresh,
-            }
-        )
-        label = f"resume first sample - fresh, seconds, {kind}"
-        ratios[label + (" (target <= 0.2)" if kind == "astream" else "")] = resumed - fresh
-    if len(rows) == 2:
-        rows[0]["x mosaicml-streaming"] = rows[1]["first sample s"] / rows[0]["first sample s"]
-    notes.append("resume: times from construction to the first sample (best of 2), local dataset")
-    return rows, ratios
-
-
-def _part_rss(
-    workdir: Path, quick: bool, notes: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    # Long enough that the first quarter already holds WindowConfig.open_shards (16) shards:
-    # their mapped pages count in RSS, bounded by open_shards x shard size.
-    n = 300_000 if quick else 1_000_000
-    epochs = 1
+def _part_rss(cfg: Config, workdir: Path, notes: list[str]) -> tuple[TableRows, list[Any]]:
+    n = 300_000 if cfg.quick else 1_000_000
     small = workdir / "small"
-    _write_mds(small, n, size=RSS_SAMPLE_BYTES, size_limit=1 << 22)
-    got = _spawn({"task": "rss", "local": str(small), "epochs": epochs})
+    write_mds(small, n, 1 << 22, size=RSS_SAMPLE_BYTES)
+    got = spawn(MODULE, {"task": "rss", "local": str(small)}, None, CHILD_TIMEOUT)
     if "error" in got:
         notes.append(f"rss: failed: {got['error']}")
-        return [], {}
+        return [], []
     quarter = max(1, len(got["rss"]) // 4)
-    rows = []
-    ratios = {}
+    rows: TableRows = []
+    targets: list[dict[str, Any]] = []
     for key, label in (("rss", "RSS"), ("anon", "anonymous RSS")):
         first, last = max(got[key][:quarter]), max(got[key][-quarter:])
         rows.append(
             {
-                "name": f"peak {label}, {epochs} epochs x {n} samples of {RSS_SAMPLE_BYTES} B",
+                "name": f"peak {label}, 1 epoch x {n} samples of {RSS_SAMPLE_BYTES} B",
                 "first quarter MB": first / 1e6,
                 "last quarter MB": last / 1e6,
                 "last / first": last / first,
             }
         )
-        ratios[f"peak {label} last quarter / first (target <= 1.10)"] = last / first
+        targets.append(target(f"peak {label} last quarter / first", last / first, "<=", 1.10))
     notes.append(
-        f"rss: astream alone, local, 4 MB shards, sampled every {RSS_EVERY} samples; RSS "
-        "counts the mapped pages of the shards a reader holds open (at most 16), anonymous RSS "
-        "only the process's own memory; "
-        f"{got['samples'] / got['seconds']:,.0f} samples/s while sampling"
+        f"rss: astream alone, local, 4 MiB shards, sampled every {RSS_EVERY} samples; RSS "
+        "counts the mapped pages of the shards a reader holds open, anonymous RSS only the "
+        f"process's own memory; {got['samples'] / got['seconds']:,.0f} samples/s while sampling"
     )
-    return rows, ratios
+    return rows, targets
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
-    n = 20_000 if quick else 100_000
+def _child_write(args: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    WRITERS[args["kind"]](Path(args["out"]), args["n"], args["shard_bytes"])
+    return {"seconds": time.perf_counter() - started}
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    **peers.CHILDREN,
+    "resume": _child_resume,
+    "rss": _child_rss,
+    "write": _child_write,
+}
+
+TABLES = {
+    "loader": "Local disk, warm, through each side's DataLoader (batch 256 + collate)",
+    "bare": "Local disk, warm, no DataLoader (num_workers=0), samples",
+    "remote": "Cold epoch from S3 (empty cache), through each side's DataLoader",
+    "async": "async for with a 5 ms ticker beside it, against sync iteration (astream)",
+    "resume": "Resume at mid-epoch (local)",
+    "rss": "Memory over one long epoch (astream)",
+}
+
+
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def run(workdir: Path, quick: bool, options: dict[str, str] | None = None) -> dict[str, Any]:
+    cfg = Config(quick, options or {})
+    extra = " ".join(f"-o {k}={v}" for k, v in sorted((options or {}).items()))
     notes = [
-        f"machine: {os.cpu_count()} cores shared with other work (loaded, figures noisy); "
-        f"python {sys.version.split()[0]}",
-        f"command: {COMMAND}" + (" --quick" if quick else ""),
-        f"dataset: {n} samples of {SAMPLE_BYTES} B data (half random) + int id, 64 MiB shards",
+        f"machine: {os.cpu_count()} cores shared with other work (figures noisy); "
+        f"python {sys.version.split()[0]}; {_load()} at the start",
+        f"command: {COMMAND}" + (" --quick" if quick else "") + (f" {extra}" if extra else ""),
+        f"dataset: {cfg.n} samples of {peers.SAMPLE_BYTES} B data (half random) + int id; "
+        f"shards of {', '.join(f'{m} MiB' for m in cfg.shards)} (the same bytes limit for every "
+        "side's writer)",
     ]
-    mds = workdir / "mds"
-    _write_mds(mds, n)
-    os.sync()
-    rows: list[dict[str, Any]] = []
-    ratios: dict[str, float] = {}
-    for part in (
-        lambda: _part_local(workdir, mds, n, notes),
-        lambda: _part_cold(workdir, mds, notes),
-        lambda: _part_resume(mds, n, notes),
-        lambda: _part_rss(workdir, quick, notes),
-    ):
-        part_rows, part_ratios = part()
-        rows += part_rows
-        ratios.update(part_ratios)
+    data = Data(cfg.data or workdir / "data", cfg.n, notes)
+    parts: dict[str, Callable[[], tuple[TableRows, list[Any]]]] = {
+        "loader": lambda: _part_loader(cfg, data, notes),
+        "bare": lambda: _part_bare(cfg, data, notes),
+        "remote": lambda: _part_remote(cfg, data, workdir, notes),
+        "async": lambda: _part_async(cfg, data, workdir, notes),
+        "resume": lambda: _part_resume(cfg, data, notes),
+        "rss": lambda: _part_rss(cfg, workdir, notes),
+    }
+    tables = []
+    targets: list[dict[str, Any]] = []
+    for name in cfg.parts:
+        if name not in parts:
+            notes.append(f"unknown part {name!r} (known: {', '.join(parts)})")
+            continue
+        started = time.perf_counter()
+        part_rows, part_targets = parts[name]()
+        tables.append(
+            {
+                "title": f"{TABLES[name]} ({time.perf_counter() - started:.0f} s; {_load()})",
+                "rows": part_rows,
+            }
+        )
+        targets += part_targets
+    notes.append(f"{_load()} at the end")
     return {
-        "title": f"engine: StreamingDataset end to end, {n} samples, vs the peers",
-        "rows": rows,
-        "ratios": ratios,
+        "title": f"engine: StreamingDataset as training runs it, {cfg.n} samples, vs the peers",
+        "tables": tables,
+        "targets": targets,
         "notes": notes,
     }
 
 
 if __name__ == "__main__":
-    _child_main()
+    peers.child_main(CHILDREN)
