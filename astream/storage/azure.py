@@ -13,7 +13,9 @@ Credentials, first found wins: ``connection_string=`` or ``AZURE_STORAGE_CONNECT
 ``credential=`` (an account key, a SAS token or a token credential); an account key in
 ``AZURE_STORAGE_KEY`` or ``AZURE_ACCOUNT_ACCESS_KEY``; ``DefaultAzureCredential`` when
 azure-identity is installed; otherwise anonymous access (public containers), which
-``unsigned=True`` also forces.
+``unsigned=True`` also forces. When that anonymous access was not asked for and the service
+refuses it (or ``DefaultAzureCredential`` finds nothing), the error is one
+:class:`~astream.errors.StoragePermissionError` line naming every place looked in.
 
 The SDK's own retry policy is switched off: every request goes through astream's retry loop,
 so attempts and backoff follow :class:`~astream.storage.base.RetryConfig` alone.
@@ -28,14 +30,32 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from astream.errors import MissingDependencyError
+from astream.errors import MissingDependencyError, StorageError, StoragePermissionError
 from astream.storage._cloud import BucketStore, run_parts
+from astream.storage._retry import classify
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
 __all__ = ["AzureStore"]
 
 #: Azure commits at most this many blocks into one blob.
 MAX_BLOCKS = 50_000
+# Error codes Azure answers an anonymous request with when the container is not public.
+_ANONYMOUS_REFUSED = frozenset(
+    {
+        "ResourceNotFound",
+        "ContainerNotFound",
+        "NoAuthenticationInformation",
+        "AuthenticationFailed",
+        "AuthorizationFailure",
+        "PublicAccessNotPermitted",
+    }
+)
+_LOOKED_FOR = (
+    "looked for the connection_string= and credential= options, "
+    "AZURE_STORAGE_CONNECTION_STRING, an account key in AZURE_STORAGE_KEY or "
+    "AZURE_ACCOUNT_ACCESS_KEY, and DefaultAzureCredential ({identity}); set one of them "
+    "(a public container: unsigned=True)"
+)
 
 
 def _account_from_connection_string(value: str) -> str | None:
@@ -119,6 +139,8 @@ class AzureStore(BucketStore):
         self.list_page_size = list_page_size
         self._service: Any = None
         self._owned_credential: Any = None
+        #: Set when no credential was found and requests go out anonymously unasked.
+        self._anonymous_by_default = False
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -137,6 +159,7 @@ class AzureStore(BucketStore):
         try:
             from azure.identity.aio import DefaultAzureCredential
         except ImportError:
+            self._anonymous_by_default = True
             return None  # anonymous: public containers only
         # Ours to close in aclose(), unlike a credential the caller passed.
         self._owned_credential = DefaultAzureCredential()
@@ -164,6 +187,21 @@ class AzureStore(BucketStore):
                 )
                 self._service = BlobServiceClient(account_url, credential=credential, **options)
         return self._service.get_container_client(self.bucket)
+
+    def _classify(self, exc: BaseException, url: str) -> StorageError | None:
+        if type(exc).__name__ == "ClientAuthenticationError" and not hasattr(exc, "status_code"):
+            # DefaultAzureCredential found nothing: its message lists each source on its own
+            # line; one line says where astream looked.
+            looked = _LOOKED_FOR.format(identity="found nothing")
+            return StoragePermissionError(f"{url}: no Azure credentials: {looked}")
+        code = getattr(exc, "error_code", None) or ""
+        code = str(getattr(code, "value", code))  # the SDK's StorageErrorCode enum
+        if self._anonymous_by_default and code in _ANONYMOUS_REFUSED:
+            looked = _LOOKED_FOR.format(identity="azure-identity is not installed")
+            return StoragePermissionError(
+                f"{url}: anonymous request refused ({code}): no Azure credentials found: {looked}"
+            )
+        return classify(exc, url)
 
     def _blob(self, key: str) -> Any:
         return self._container().get_blob_client(self._name(key))

@@ -14,7 +14,10 @@ import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from astream.errors import StorageError
 
 __all__ = ["ObjectInfo", "ProgressCallback", "RetryConfig", "Store", "TransferConfig"]
 
@@ -162,8 +165,18 @@ class Store(abc.ABC):
         from astream.storage._retry import call_with_retries
 
         return await call_with_retries(
-            operation, config=self.retry, url=self.join(key), on_retry=self._count_retry
+            operation,
+            config=self.retry,
+            url=self.join(key),
+            on_retry=self._count_retry,
+            classifier=self._classify,
         )
+
+    def _classify(self, exc: BaseException, url: str) -> StorageError | None:
+        """The final error for ``exc``, or ``None`` to retry (backends add their own cases)."""
+        from astream.storage._retry import classify
+
+        return classify(exc, url)
 
     def join(self, key: str) -> str:
         """The full URL of ``key``, for messages and for other stores."""

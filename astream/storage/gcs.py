@@ -2,7 +2,10 @@
 
 Credentials follow gcloud-aio-auth's chain: an explicit ``service_file``, else
 ``GOOGLE_APPLICATION_CREDENTIALS``, else the gcloud SDK's application-default credentials, else
-the GCE metadata server. ``unsigned=True`` sends no ``Authorization`` header at all, for public
+the GCE metadata server. Off Google Cloud (no ``GCE_METADATA_HOST`` and a machine whose DMI
+product name is not Google's) with none of the others, the first request fails at once with a
+:class:`~astream.errors.StoragePermissionError` naming them all, instead of asking the metadata
+server, which does not exist there, for a token. ``unsigned=True`` sends no ``Authorization`` header at all, for public
 buckets. ``STORAGE_EMULATOR_HOST=http://host:port`` (or ``endpoint_url=``) points the store at an
 emulator such as fake-gcs-server, which also needs no token.
 
@@ -14,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 
-from astream.errors import (
-    MissingDependencyError,
-)
+from astream.errors import MissingDependencyError, StoragePermissionError
 from astream.storage._cloud import BucketStore, write_body
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
@@ -33,6 +35,24 @@ __all__ = ["GCSStore"]
 
 #: gcloud-aio-storage switches to a resumable upload above this size (its own constant).
 RESUMABLE_THRESHOLD = 5 << 20
+#: Where Linux names the machine's product: "Google Compute Engine" on Google Cloud (how
+#: google-auth tells whether a metadata server can exist).
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+
+
+def _on_google_cloud() -> bool:
+    if os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT"):
+        return True
+    try:
+        return Path(DMI_PRODUCT_NAME).read_text().startswith("Google")
+    except OSError:
+        return False
+
+
+def _application_default_file() -> Path:
+    root = os.environ.get("CLOUDSDK_CONFIG")
+    base = Path(root) if root else Path.home() / ".config" / "gcloud"
+    return base / "application_default_credentials.json"
 
 
 class GCSStore(BucketStore):
@@ -81,8 +101,29 @@ class GCSStore(BucketStore):
             total=None, sock_connect=self.retry.connect_timeout, sock_read=self.retry.read_timeout
         )
 
+    def _missing_credentials(self) -> str | None:
+        """Why no token can be had, or ``None`` when gcloud-aio-auth's chain has a source."""
+        if self.unsigned or self.endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST"):
+            return None
+        if self.service_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            return None
+        adc = _application_default_file()
+        if adc.is_file() or _on_google_cloud():
+            return None
+        return (
+            f"{self.url}: no Google Cloud credentials found: looked for the service_file= "
+            f"option, GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default "
+            f"credentials ({adc}; CLOUDSDK_CONFIG) and a GCE metadata server (not on Google "
+            "Cloud: GCE_METADATA_HOST unset); set GOOGLE_APPLICATION_CREDENTIALS to a "
+            "service-account key file or run `gcloud auth application-default login` "
+            "(a public bucket: unsigned=True)"
+        )
+
     async def _storage(self) -> Storage:
         if self._client is None:
+            missing = self._missing_credentials()
+            if missing is not None:
+                raise StoragePermissionError(missing)
             try:
                 from gcloud.aio.storage import Storage
             except ImportError as exc:

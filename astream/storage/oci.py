@@ -28,7 +28,7 @@ import aiohttp
 import anyio
 import yarl
 
-from astream.errors import MissingDependencyError, StorageError
+from astream.errors import MissingDependencyError, StoragePermissionError
 from astream.storage._cloud import BucketStore, run_parts, write_body
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
@@ -73,7 +73,7 @@ class OCIStore(BucketStore):
     :param transfer: part sizes and concurrency of ranged downloads and multipart uploads.
     :param config: an oci config dict (``user``, ``tenancy``, ``fingerprint``, ``region`` and
         ``key_file`` or ``key_content``); by default read from ``config_file``/``profile``.
-    :param config_file: default ``~/.oci/config``, falling back to ``OCI_CONFIG_FILE``.
+    :param config_file: default ``OCI_CONFIG_FILE``, else ``~/.oci/config``.
     :param profile: default ``OCI_CLI_PROFILE``, else ``DEFAULT``.
     :param signer: an oci signer object (instance or resource principals) to use instead of
         one built from the config; the store then pickles only if the signer does.
@@ -118,12 +118,19 @@ class OCIStore(BucketStore):
 
         if self.config is None:
             profile = self.profile or os.environ.get("OCI_CLI_PROFILE") or "DEFAULT"
-            location = self.config_file or oci.config.DEFAULT_LOCATION
+            location = (
+                self.config_file or os.environ.get("OCI_CONFIG_FILE") or oci.config.DEFAULT_LOCATION
+            )
             try:
                 self.config = dict(oci.config.from_file(location, profile))
             except Exception as exc:
-                raise StorageError(
-                    f"{self.url}: cannot read OCI config {location!r} profile {profile!r}: {exc}"
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StoragePermissionError(
+                    f"{self.url}: no OCI credentials: looked for the config= and signer= "
+                    f"options, then profile {profile!r} (profile=, OCI_CLI_PROFILE) in "
+                    f"{location} (config_file=, OCI_CONFIG_FILE): {type(exc).__name__}: "
+                    f"{reason}; create one with `oci setup config`, or pass signer= "
+                    "(instance or resource principals)"
                 ) from exc
         return self.config
 
@@ -162,7 +169,14 @@ class OCIStore(BucketStore):
                 if endpoint is None:
                     endpoint = oci.regions.endpoint_for("object_storage", region=config["region"])
                 if signer is None:
-                    signer = await anyio.to_thread.run_sync(self._make_signer, config)
+                    try:
+                        signer = await anyio.to_thread.run_sync(self._make_signer, config)
+                    except Exception as exc:  # a key file missing or unreadable, a bad key
+                        raise StoragePermissionError(
+                            f"{self.url}: cannot sign OCI requests with the key of the "
+                            f"config ({config.get('key_file') or 'key_content'}): "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
             # Concurrent first requests all got here; the first to arrive sets up, so exactly
             # one session exists (the others' work is dropped, not leaked).
             if self._session is None:

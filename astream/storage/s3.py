@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from astream.errors import StorageError, StoragePermissionError
 from astream.storage._rawhttp import HTTPStatusError
-from astream.storage._retry import TruncatedBody, call_with_retries, classify
+from astream.storage._retry import TruncatedBody, classify
 from astream.storage._s3direct import SDK_STATUSES, DirectReads, resolve
 from astream.storage._transfer import part_ranges, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
@@ -309,17 +309,7 @@ class S3Store(Store):
         log.debug("%s: direct read of %s refused where the SDK succeeded", self.url, object_key)
         return result
 
-    async def _retrying(self, key: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await call_with_retries(
-            operation,
-            config=self.retry,
-            url=self.join(key),
-            on_retry=self._count_retry,
-            classifier=self._classify,
-        )
-
-    @staticmethod
-    def _classify(exc: BaseException, url: str) -> StorageError | None:
+    def _classify(self, exc: BaseException, url: str) -> StorageError | None:
         if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
             return StoragePermissionError(f"{url}: {_NO_CREDENTIALS}")
         return classify(exc, url)

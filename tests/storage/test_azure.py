@@ -137,3 +137,39 @@ def test_url_forms_and_missing_account(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (store.account_name, store.bucket, store.prefix) == ("legacy", "container", "a/b")
     with pytest.raises(ValueError, match="no container"):
         AzureStore("azure://acct.blob.core.windows.net/")
+
+
+async def test_anonymous_by_default_refused_names_what_was_looked_for(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_KEY",
+        "AZURE_ACCOUNT_ACCESS_KEY",
+        "AZURE_STORAGE_ACCOUNT",
+        "AZURE_ACCOUNT_NAME",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    container = azurite.create_container()  # private: no public access
+    url = f"azure://{container}/p"
+    async with AzureStore(
+        url, account_name=ACCOUNT, account_url=azurite.blob_endpoint, credential=ACCOUNT_KEY
+    ) as owner:
+        await owner.write("index.json", b"{}")
+    # No credential anywhere (and azure-identity not installed): anonymous, which the private
+    # container refuses; the error says what was looked for, on one line.
+    async with AzureStore(url, account_name=ACCOUNT, account_url=azurite.blob_endpoint) as store:
+        with pytest.raises(StoragePermissionError) as refused:
+            await store.read("index.json")
+        assert store.retries == 0
+    message = str(refused.value)
+    assert "\n" not in message
+    for part in (url, "anonymous request refused", "AZURE_STORAGE_KEY", "unsigned=True"):
+        assert part in message
+    # Asked for, anonymous access is not second-guessed: the service's answer stands.
+    async with AzureStore(
+        url, account_name=ACCOUNT, account_url=azurite.blob_endpoint, unsigned=True
+    ) as store:
+        with pytest.raises(StoragePermissionError) as plain:
+            await store.read("index.json")
+    assert "anonymous request refused" not in str(plain.value)
