@@ -12,6 +12,7 @@ from typing import Any
 from astream.errors import (
     AstreamError,
     CacheError,
+    ConfigError,
     DatasetNotFoundError,
     EncodingError,
     FormatError,
@@ -60,6 +61,7 @@ _LAZY: dict[str, str] = {
 __all__ = (
     "AstreamError",
     "CacheError",
+    "ConfigError",
     "DatasetNotFoundError",
     "EncodingError",
     "FormatError",

@@ -16,6 +16,7 @@
     │   ├── StorageTimeoutError (TimeoutError)        connect or read timed out, after retries
     │   └── UnsupportedSchemeError          no store is registered for the URL's scheme
     ├── CacheError (OSError)                the node-local cache cannot hold what is asked
+    ├── ConfigError (ValueError)            an argument or setting astream cannot use
     ├── WorldError (ValueError)             rank/world settings that contradict each other
     └── PlanError (ValueError)              order parameters that cannot produce an epoch
 
@@ -35,6 +36,7 @@ __all__ = [
     "AstreamError",
     "CacheError",
     "CacheLimitWarning",
+    "ConfigError",
     "DatasetNotFoundError",
     "EncodingError",
     "FormatError",
@@ -116,6 +118,12 @@ class UnsupportedSchemeError(StorageError):
 
 class CacheError(AstreamError, OSError):
     """The node-local cache cannot hold what is asked (limit too small, disk full)."""
+
+
+class ConfigError(AstreamError, ValueError):
+    """An argument or setting astream cannot use: an unknown codec or hash algorithm, a size or
+    count that does not parse or is out of range, a malformed store URL, options that exclude
+    each other. A ``ValueError``, as such mistakes were before it existed."""
 
 
 class WorldError(AstreamError, ValueError):

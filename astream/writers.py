@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from astream.engine.loop import IOLoop, io_loop
-from astream.errors import ObjectNotFoundError, StorageError
+from astream.errors import ConfigError, ObjectNotFoundError, StorageError
 from astream.format import writer as _format
 from astream.format.index import INDEX_BASENAME
 from astream.storage import RetryConfig, Store, open_store
@@ -341,9 +341,9 @@ class _UploadingWriter(_format.ShardWriter):
         **kwargs: Any,
     ) -> None:
         if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+            raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
         if retry < 0:
-            raise ValueError(f"retry must be >= 0, got {retry}")
+            raise ConfigError(f"retry must be >= 0, got {retry}")
         local, remote = _split_out(out)
         #: The remote URL the dataset is uploaded to (``None`` for a local writer).
         self.remote = remote

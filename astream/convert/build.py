@@ -25,7 +25,7 @@ from typing import Any
 from astream.convert.base import Source, coerce_text, infer_columns
 from astream.convert.copy import copy_dataset
 from astream.engine.loop import io_loop
-from astream.errors import FormatError
+from astream.errors import ConfigError, FormatError
 from astream.format import INDEX_BASENAME, DatasetIndex, ShardWriter, load_index, merge_index
 from astream.storage import open_store
 from astream.storage.registry import url_scheme
@@ -59,7 +59,7 @@ class WriterOptions:
 
     def __post_init__(self) -> None:
         if self.format not in _WRITERS:
-            raise ValueError(f"unknown format {self.format!r}; use one of {OUTPUT_FORMATS}")
+            raise ConfigError(f"unknown format {self.format!r}; use one of {OUTPUT_FORMATS}")
 
     def writer(self, out: Path | str, columns: Mapping[str, str]) -> ShardWriter:
         """A writer of this format into the empty folder (or store URL) ``out``."""
@@ -195,7 +195,7 @@ def write_dataset(
     if parts == 1:
         return _write_units(source, units, out, inferred, options, report)
     if not isinstance(out, Path):
-        raise ValueError(f"write_dataset with workers writes a local folder, not {out}")
+        raise ConfigError(f"write_dataset with workers writes a local folder, not {out}")
     out.mkdir(parents=True, exist_ok=True)
     # spawn: the parent may run the IO loop thread, which a forked child must not inherit.
     context = multiprocessing.get_context("spawn")

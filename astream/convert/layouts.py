@@ -9,7 +9,7 @@ from astream.convert.images import IMAGE_EXTENSIONS, ImageFolder, SegmentationPa
 from astream.convert.tables import DelimitedFiles, JSONLFiles, ParquetFiles, text_corpus
 from astream.convert.tars import CaptionPairs, WebDatasetTars
 from astream.convert.tokens import PackedTokens
-from astream.errors import FormatError
+from astream.errors import ConfigError, FormatError
 
 __all__ = ["LAYOUTS", "detect_layout", "open_source"]
 
@@ -120,14 +120,14 @@ def open_source(
     :param token_dtype: ``tokens``: the sequences' dtype.
     :raises FileNotFoundError: when ``src`` does not exist or holds no matching files.
     :raises FormatError: for a layout that cannot be detected.
-    :raises ValueError: for an unknown layout or ``tokens`` without ``seq_len``.
+    :raises ConfigError: for an unknown layout or ``tokens`` without ``seq_len``.
     """
     path = Path(src).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {src}")
     layout = layout or detect_layout(path)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if layout == "imagefolder":
         return ImageFolder(path, class_names=class_names)
     if layout == "segmentation":
@@ -141,7 +141,7 @@ def open_source(
         return text_corpus(files, text_field=text_field)
     if layout == "tokens":
         if seq_len is None:
-            raise ValueError("the tokens layout needs a sequence length (--seq-len)")
+            raise ConfigError("the tokens layout needs a sequence length (--seq-len)")
         return PackedTokens(
             JSONLFiles(files, fields=(tokens_field,)),
             seq_len,

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from astream.convert.base import Source
-from astream.errors import FormatError
+from astream.errors import ConfigError, FormatError
 
 __all__ = ["PackedTokens", "pack_tokens"]
 
@@ -34,10 +34,10 @@ def pack_tokens(
     :param dtype: the sequences' dtype (``np.uint16`` halves the size for vocabularies under
         65,536 tokens).
     :param pad_id: pad the last, short sequence with this token instead of dropping it.
-    :raises ValueError: when ``seq_len`` is not positive.
+    :raises ConfigError: when ``seq_len`` is not positive.
     """
     if seq_len < 1:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
+        raise ConfigError(f"seq_len must be positive, got {seq_len}")
     eos = None if eos_id is None else np.array([eos_id], dtype=dtype)
     pending: list[NDArray[Any]] = []
     count = 0

@@ -37,7 +37,7 @@ from astream.engine.cache import ShardCache, ShardPin
 from astream.engine.fetch import Counters, Fetcher
 from astream.engine.loop import IOLoop
 from astream.engine.table import ShardTable
-from astream.errors import CacheError
+from astream.errors import CacheError, ConfigError
 from astream.format import (
     ShardReader,
     decode_sample,
@@ -73,9 +73,9 @@ class WindowConfig:
     def __post_init__(self) -> None:
         for name in ("shards", "bytes", "max_downloads", "open_shards"):
             if getattr(self, name) < 1:
-                raise ValueError(f"WindowConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"WindowConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.samples < 0:
-            raise ValueError(f"WindowConfig.samples must be >= 0, got {self.samples}")
+            raise ConfigError(f"WindowConfig.samples must be >= 0, got {self.samples}")
 
 
 class _Schedule:

@@ -21,7 +21,7 @@ from typing import Any
 import lz4.frame
 import zstandard
 
-from astream.errors import MissingDependencyError, ShardCorruptError
+from astream.errors import ConfigError, MissingDependencyError, ShardCorruptError
 
 __all__ = [
     "Codec",
@@ -73,12 +73,12 @@ def compression_names() -> frozenset[str]:
 def parse_compression(spec: str) -> Codec:
     """Return the codec that ``spec`` (``"zstd"``, ``"zstd:7"``) names.
 
-    :raises ValueError: for an unknown family or a level out of the family's range.
+    :raises ConfigError: for an unknown family or a level out of the family's range.
     """
     family, colon, level_text = spec.partition(":")
     entry = _FAMILIES.get(family)
     if entry is None:
-        raise ValueError(
+        raise ConfigError(
             f"unknown compression {spec!r}; use one of {', '.join(sorted(_FAMILIES))} "
             "optionally followed by ':level'"
         )
@@ -87,7 +87,7 @@ def parse_compression(spec: str) -> Codec:
         return Codec(family, default)
     if levels is None or not level_text.isdigit() or int(level_text) not in levels:
         allowed = "no level" if levels is None else f"levels {levels.start}-{levels.stop - 1}"
-        raise ValueError(f"bad compression {spec!r}: {family} takes {allowed}")
+        raise ConfigError(f"bad compression {spec!r}: {family} takes {allowed}")
     return Codec(family, int(level_text))
 
 
@@ -139,7 +139,7 @@ def compress(spec: str, data: bytes | memoryview) -> bytes:
 
     gzip output has a zero timestamp, so the same input always gives the same bytes.
 
-    :raises ValueError: for an unknown spelling.
+    :raises ConfigError: for an unknown spelling.
     :raises MissingDependencyError: when the codec's package is not installed.
     """
     codec = parse_compression(spec)

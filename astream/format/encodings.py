@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from astream.errors import EncodingError, MissingDependencyError
+from astream.errors import ConfigError, EncodingError, FormatError, MissingDependencyError
 
 __all__ = [
     "Encoding",
@@ -62,7 +62,7 @@ class Encoding(ABC):
 
     def with_args(self, args: str) -> Encoding:
         """Return the encoding for the spelling ``name:args`` (only parametric ones accept it)."""
-        raise ValueError(f"encoding takes no arguments, got {args!r}")
+        raise EncodingError(f"encoding takes no arguments, got {args!r}")
 
 
 def _require(value: Any, kind: type | tuple[type, ...]) -> None:
@@ -163,9 +163,11 @@ class NDArrayEncoding(Encoding):
 
     def __init__(self, dtype: str | None = None, shape: tuple[int, ...] | None = None) -> None:
         if dtype is not None and dtype not in _CODE_BY_DTYPE:
-            raise ValueError(f"ndarray dtype {dtype!r} is not one of {', '.join(_CODE_BY_DTYPE)}")
+            raise EncodingError(
+                f"ndarray dtype {dtype!r} is not one of {', '.join(_CODE_BY_DTYPE)}"
+            )
         if shape is not None and (not shape or min(shape) < 1):
-            raise ValueError(f"ndarray shape {shape!r} needs one or more positive dims")
+            raise EncodingError(f"ndarray shape {shape!r} needs one or more positive dims")
         self.dtype = dtype
         self.shape = shape
         self._np_dtype = None if dtype is None else np.dtype(dtype).newbyteorder("<")
@@ -175,7 +177,7 @@ class NDArrayEncoding(Encoding):
     def with_args(self, args: str) -> Encoding:
         parts = args.split(":")
         if len(parts) > 2:
-            raise ValueError(f"ndarray takes dtype and shape, got {args!r}")
+            raise EncodingError(f"ndarray takes dtype and shape, got {args!r}")
         shape = tuple(int(dim) for dim in parts[1].split(",")) if len(parts) == 2 else None
         return NDArrayEncoding(parts[0], shape)
 
@@ -186,7 +188,7 @@ class NDArrayEncoding(Encoding):
         if code is None:
             raise TypeError(f"ndarray dtype {name} is not storable")
         if value.size == 0 or value.ndim == 0:
-            raise ValueError("empty and 0-d arrays cannot be stored; use a scalar encoding")
+            raise EncodingError("empty and 0-d arrays cannot be stored; use a scalar encoding")
         parts: list[bytes] = []
         if self.dtype is None:
             parts.append(bytes([code]))
@@ -194,7 +196,7 @@ class NDArrayEncoding(Encoding):
             raise TypeError(f"ndarray dtype {name} is not the column's {self.dtype}")
         if self.shape is None:
             if value.ndim >= 64:
-                raise ValueError(f"ndarray has {value.ndim} dims; at most 63 fit")
+                raise EncodingError(f"ndarray has {value.ndim} dims; at most 63 fit")
             biggest = max(value.shape)
             kind = (
                 0 if biggest < 1 << 8 else 1 if biggest < 1 << 16 else 2 if biggest < 1 << 32 else 3
@@ -202,7 +204,7 @@ class NDArrayEncoding(Encoding):
             parts.append(bytes([(value.ndim << 2) | kind]))
             parts.append(np.asarray(value.shape, _SHAPE_DTYPES[kind]).tobytes())
         elif value.shape != self.shape:
-            raise ValueError(f"ndarray shape {value.shape} is not the column's {self.shape}")
+            raise EncodingError(f"ndarray shape {value.shape} is not the column's {self.shape}")
         parts.append(value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes())
         return b"".join(parts)
 
@@ -223,7 +225,7 @@ class NDArrayEncoding(Encoding):
             shape = self.shape
         count = int(np.prod(shape))
         if len(data) - pos != count * dtype.itemsize:
-            raise ValueError(f"ndarray payload of {len(data) - pos} bytes does not fit {shape}")
+            raise FormatError(f"ndarray payload of {len(data) - pos} bytes does not fit {shape}")
         # A copy, so the array is writable: torch warns on (and cannot safely share) read-only
         # arrays, and ``data`` is a slice already copied out of the shard, so nothing is lost.
         return np.array(np.frombuffer(data, dtype, count, pos).reshape(shape))
@@ -270,7 +272,7 @@ class _ImageFile(Encoding):
 
     def check_encoded(self, data: bytes) -> None:
         if not data.startswith(_MAGIC[self.fmt]):
-            raise ValueError(f"not a {self.fmt} file (it starts with {bytes(data[:8])!r})")
+            raise EncodingError(f"not a {self.fmt} file (it starts with {bytes(data[:8])!r})")
 
     def encode(self, value: Any) -> bytes:
         _require_image(value)
@@ -301,7 +303,7 @@ def _sized_items(data: bytes, pos: int) -> list[bytes]:
         items.append(bytes(data[start : start + size]))
         start += size
     if start != len(data):
-        raise ValueError(f"list payload of {len(data)} bytes does not match its item sizes")
+        raise FormatError(f"list payload of {len(data)} bytes does not match its item sizes")
     return items
 
 
@@ -401,12 +403,12 @@ def register_encoding(name: str, encoding: Encoding) -> None:
 
     A spelling ``name:args`` resolves through ``encoding.with_args(args)``.
 
-    :raises ValueError: when ``name`` is empty, holds ``:``, or is already registered.
+    :raises ConfigError: when ``name`` is empty, holds ``:``, or is already registered.
     """
     if not name or ":" in name:
-        raise ValueError(f"an encoding name must be non-empty and hold no ':', got {name!r}")
+        raise ConfigError(f"an encoding name must be non-empty and hold no ':', got {name!r}")
     if name in _REGISTRY:
-        raise ValueError(f"encoding {name!r} is already registered")
+        raise ConfigError(f"encoding {name!r} is already registered")
     if not isinstance(encoding, Encoding):
         raise TypeError(f"register_encoding needs an Encoding, got {type(encoding).__name__}")
     _REGISTRY[name] = encoding

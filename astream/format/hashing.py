@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import xxhash
 
+from astream.errors import ConfigError
+
 __all__ = ["hash_bytes", "hash_file", "hash_names", "is_hash"]
 
 # Reading in 1 MiB pieces keeps memory flat for multi-GB shards and is large enough that the
@@ -50,7 +52,7 @@ def _new(algo: str) -> _Digest:
     maker = _MAKERS.get(algo)
     if maker is None:
         known = ", ".join(sorted(_MAKERS))
-        raise ValueError(f"unknown hash algorithm {algo!r}; use one of {known}")
+        raise ConfigError(f"unknown hash algorithm {algo!r}; use one of {known}")
     digest: _Digest = maker()
     return digest
 
@@ -58,7 +60,7 @@ def _new(algo: str) -> _Digest:
 def hash_bytes(algo: str, data: bytes | memoryview) -> str:
     """Return the hex digest of ``data`` under ``algo``.
 
-    :raises ValueError: for an unknown algorithm.
+    :raises ConfigError: for an unknown algorithm.
     """
     digest = _new(algo)
     digest.update(data)
@@ -68,7 +70,7 @@ def hash_bytes(algo: str, data: bytes | memoryview) -> str:
 def hash_file(algo: str, path: Path | str) -> str:
     """Return the hex digest of the file at ``path``, read in chunks (never whole in memory).
 
-    :raises ValueError: for an unknown algorithm.
+    :raises ConfigError: for an unknown algorithm.
     :raises OSError: when the file cannot be read.
     """
     digest = _new(algo)

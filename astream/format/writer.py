@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from astream.errors import EncodingError
+from astream.errors import ConfigError, EncodingError
 from astream.format.atomic import write_atomic
 from astream.format.codecs import compress, compression_extension, is_compression
 from astream.format.encodings import Encoding, get_encoding
@@ -80,16 +80,16 @@ class ShardWriter(ABC):
     ) -> None:
         compression = compression or None
         if compression is not None and not is_compression(compression):
-            raise ValueError(f"unknown compression {compression!r}")
+            raise ConfigError(f"unknown compression {compression!r}")
         hash_list = list(hashes or [])
         if hash_list != sorted(set(hash_list)):
-            raise ValueError(f"hashes must be unique and sorted, got {hash_list}")
+            raise ConfigError(f"hashes must be unique and sorted, got {hash_list}")
         for algo in hash_list:
             if not is_hash(algo):
-                raise ValueError(f"unknown hash algorithm {algo!r}")
+                raise ConfigError(f"unknown hash algorithm {algo!r}")
         limit = parse_bytes(size_limit) if size_limit else None
         if limit is not None and limit >= _SIZE_LIMIT_CEILING:
-            raise ValueError(f"size_limit must be under 2**32 (uint32 offsets), got {limit}")
+            raise ConfigError(f"size_limit must be under 2**32 (uint32 offsets), got {limit}")
         self.compression = compression
         self.hashes = hash_list
         self.size_limit = limit or None
@@ -234,7 +234,7 @@ class ShardWriter(ABC):
     def _offsets(start: int, samples: list[bytes], what: str) -> bytes:
         offsets = np.cumsum([start] + [len(sample) for sample in samples], dtype=np.int64)
         if int(offsets[-1]) > _U32_MAX:
-            raise ValueError(f"{what} would pass 4 GiB; set a size_limit")
+            raise ConfigError(f"{what} would pass 4 GiB; set a size_limit")
         return offsets.astype("<u4").tobytes()
 
 
@@ -440,10 +440,10 @@ class XSVWriter(_SplitWriter):
     ) -> None:
         _check_text_kinds(columns)
         if not separator or not newline:
-            raise ValueError("separator and newline must not be empty")
+            raise ConfigError("separator and newline must not be empty")
         for name in columns:
             if separator in name or newline in name:
-                raise ValueError(f"column name {name!r} contains the separator or newline")
+                raise ConfigError(f"column name {name!r} contains the separator or newline")
         self.columns = dict(columns)
         self.column_names = sorted(self.columns)
         self.column_encodings = [self.columns[name] for name in self.column_names]

@@ -1,0 +1,80 @@
+"""Bad arguments raise the library's own errors (still ValueErrors), each saying what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astream import ConfigError, CSVWriter, EncodingError, MDSWriter
+from astream.convert import WriterOptions, open_source
+from astream.engine.prefetch import WindowConfig
+from astream.format import Encoding, get_encoding, hash_bytes, parse_compression, register_encoding
+from astream.units import parse_bytes, parse_count
+
+CASES: list[tuple[str, type[Exception], Callable[[Path], Any], str]] = [
+    ("byte size", ConfigError, lambda _: parse_bytes("12 parsecs"), "unknown byte unit"),
+    ("negative count", ConfigError, lambda _: parse_count(-3), "cannot be negative"),
+    ("codec", ConfigError, lambda _: parse_compression("zip"), "unknown compression 'zip'"),
+    ("codec level", ConfigError, lambda _: parse_compression("zstd:99"), "levels 1-22"),
+    ("hash", ConfigError, lambda _: hash_bytes("crc99", b""), "unknown hash algorithm"),
+    (
+        "writer compression",
+        ConfigError,
+        lambda tmp: MDSWriter(out=tmp, columns={"a": "int"}, compression="zip"),
+        "unknown compression",
+    ),
+    (
+        "writer size_limit",
+        ConfigError,
+        lambda tmp: MDSWriter(out=tmp, columns={"a": "int"}, size_limit="5gb"),
+        "size_limit must be under",
+    ),
+    (
+        "writer hashes",
+        ConfigError,
+        lambda tmp: MDSWriter(out=tmp, columns={"a": "int"}, hashes=["sha1", "md5"]),
+        "unique and sorted",
+    ),
+    (
+        "upload workers",
+        ConfigError,
+        lambda tmp: MDSWriter(out=tmp, columns={"a": "int"}, max_workers=0),
+        "max_workers must be >= 1",
+    ),
+    (
+        "csv column name",
+        ConfigError,
+        lambda tmp: CSVWriter(out=tmp, columns={"a,b": "str"}),
+        "contains the separator",
+    ),
+    ("encoding args", EncodingError, lambda _: get_encoding("ndarray:float99"), "float99"),
+    (
+        "encoding name",
+        ConfigError,
+        lambda _: register_encoding("a:b", get_encoding("str")),
+        "hold no ':'",
+    ),
+    ("window", ConfigError, lambda _: WindowConfig(shards=0), "WindowConfig.shards"),
+    ("output format", ConfigError, lambda _: WriterOptions(format="xml"), "unknown format"),
+    ("layout", ConfigError, lambda tmp: open_source(tmp.parent, "nope"), "unknown layout"),
+]
+
+
+@pytest.mark.parametrize(("what", "error", "call", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_arguments_raise_the_library_errors(
+    tmp_path: Path, what: str, error: type[Exception], call: Callable[[Path], Any], message: str
+) -> None:
+    with pytest.raises(error, match=message) as caught:
+        call(tmp_path / "out")
+    assert isinstance(caught.value, ValueError)  # callers that catch ValueError still do
+
+
+def test_encode_errors_are_encoding_errors() -> None:
+    ndarray: Encoding = get_encoding("ndarray")
+    import numpy as np
+
+    with pytest.raises(EncodingError, match="empty and 0-d arrays"):
+        ndarray.encode(np.zeros((0,), np.float32))
