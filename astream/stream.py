@@ -89,8 +89,10 @@ class Stream:
         self.keep_zip = keep_zip
 
     def __repr__(self) -> str:
+        from astream.storage.registry import redact_url
+
         fields = ", ".join(
-            f"{name}={value!r}"
+            f"{name}={(redact_url(value) if name == 'remote' else value)!r}"
             for name, value in vars(self).items()
             if value is not None and value != ""
         )

@@ -35,19 +35,12 @@ from astream.storage._rawhttp import RawHTTP, check_content_range, check_headers
 from astream.storage._retry import RateFloor, TruncatedBody, error_for_status
 from astream.storage._transfer import pwrite_all, write_part
 from astream.storage.base import ObjectInfo, RetryConfig, Store, TransferConfig
+from astream.storage.registry import redact_url
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTPStore", "redact_url"]
-
-
-def redact_url(url: str) -> str:
-    """``url`` without the user name and password it may carry."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+__all__ = ["HTTPStore"]
 
 
 def _basic_auth(url: str) -> str | None:

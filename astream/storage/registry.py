@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import importlib
 import re
+import urllib.parse
 from typing import Any, Protocol
 
 from astream.errors import MissingDependencyError, UnsupportedSchemeError
 from astream.storage.base import RetryConfig, Store, TransferConfig
 
-__all__ = ["StoreFactory", "open_store", "register_store", "registered_schemes", "url_scheme"]
+__all__ = [
+    "StoreFactory",
+    "open_store",
+    "redact_url",
+    "register_store",
+    "registered_schemes",
+    "url_scheme",
+]
 
 
 class StoreFactory(Protocol):
@@ -78,6 +86,14 @@ def url_scheme(url: str) -> str:
     """The lower-cased scheme of ``url``; ``"file"`` for a plain local path."""
     match = _SCHEME.match(url)
     return match.group(1).lower() if match else "file"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the user name and password it may carry (for messages and reprs)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def register_store(scheme: str, factory: StoreFactory, *, replace: bool = False) -> None:

@@ -156,6 +156,9 @@ async def test_credentials_in_the_url_are_sent_and_never_shown(
         with pytest.raises(ObjectNotFoundError) as missing:
             await store.read("missing.bin")
         shown = [store.url, repr(store), store.join("k"), str(missing.value), caplog.text]
+    from astream import Stream
+
+    shown.append(repr(Stream(remote=secret_url)))
     for text in shown:
         assert "s3cr" not in text and "ann" not in text, text
     assert store.url == f"{url}/d"
@@ -315,3 +318,26 @@ def test_the_budget_is_what_the_docs_say() -> None:
     assert RetryConfig().budget(0) == pytest.approx(5 * (10 + 60) + 0.2 + 0.4 + 0.8 + 1.6)
     with pytest.raises(ValueError, match="min_rate"):
         RetryConfig(min_rate=0)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@BOTH_PATHS
+async def test_a_certificate_for_another_host_is_refused_at_once(
+    fast: bool, tmp_path: Path
+) -> None:
+    import ssl
+
+    ca, server_context = private_ca(tmp_path, "localhost")  # not valid for 127.0.0.1
+    trusted = ssl.create_default_context(cafile=str(ca))
+    app = web.Application()
+    app.router.add_get("/data.bin", ranged)
+    retry = RetryConfig(attempts=3, backoff_initial=0.01)
+    async with (
+        serve_app(app, server_context) as url,
+        HTTPStore(url, ssl=trusted, fast_ranges=fast, retry=retry) as store,
+    ):
+        with pytest.raises(StorageError, match=r"TLS certificate of .* does not verify"):
+            await store.read_range("data.bin", 0, 10)
+        assert store.retries == 0  # the same certificate would come again
