@@ -446,7 +446,7 @@ class _UploadingWriter(_format.ShardWriter):
 # on to _UploadingWriter (the upload ones) and the format writer (the rest).
 
 
-class MDSWriter(_UploadingWriter, _format.MDSWriter):
+class MDSWriter(_UploadingWriter, _format.LocalMDSWriter):
     """Write an MDS dataset to a local directory or a store (see :mod:`astream.writers`).
 
     ::
@@ -504,7 +504,7 @@ class MDSWriter(_UploadingWriter, _format.MDSWriter):
         )
 
 
-class JSONLWriter(_UploadingWriter, _format.JSONLWriter):
+class JSONLWriter(_UploadingWriter, _format.LocalJSONLWriter):
     """Write a JSONL dataset to a local directory or a store (see :mod:`astream.writers`).
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -549,7 +549,7 @@ class JSONLWriter(_UploadingWriter, _format.JSONLWriter):
 JSONWriter = JSONLWriter
 
 
-class XSVWriter(_UploadingWriter, _format.XSVWriter):
+class XSVWriter(_UploadingWriter, _format.LocalXSVWriter):
     """Write delimited text shards to a local directory or a store (see :mod:`astream.writers`).
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -593,7 +593,7 @@ class XSVWriter(_UploadingWriter, _format.XSVWriter):
         )
 
 
-class _FixedSeparatorWriter(_UploadingWriter, _format.XSVWriter):
+class _FixedSeparatorWriter(_UploadingWriter, _format.LocalXSVWriter):
     """CSV and TSV: an XSV writer whose format implies the separator."""
 
     def __init__(
@@ -628,7 +628,7 @@ class _FixedSeparatorWriter(_UploadingWriter, _format.XSVWriter):
         )
 
 
-class CSVWriter(_FixedSeparatorWriter, _format.CSVWriter):
+class CSVWriter(_FixedSeparatorWriter, _format.LocalCSVWriter):
     """Write CSV shards (separator ``,``) to a local directory or a store.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -638,7 +638,7 @@ class CSVWriter(_FixedSeparatorWriter, _format.CSVWriter):
     """
 
 
-class TSVWriter(_FixedSeparatorWriter, _format.TSVWriter):
+class TSVWriter(_FixedSeparatorWriter, _format.LocalTSVWriter):
     """Write TSV shards (separator tab) to a local directory or a store.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.

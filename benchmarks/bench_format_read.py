@@ -2,7 +2,7 @@
 
 The dataset: 100,000 samples (20,000 with ``--quick``) of two columns, ``data`` (4,096 bytes, half
 of them random, so that zstd has something to do) and ``id`` (int), in shards of the default
-64 MiB limit; written once by astream's ``MDSWriter``, uncompressed and as zstd. Both readers then
+64 MiB limit; written once by astream's ``LocalMDSWriter``, uncompressed and as zstd. Both readers then
 decode every sample in order over the same files:
 
 - astream: ``open_shard`` per shard, ``reader[i]`` per sample (one mmap per shard);
@@ -33,13 +33,13 @@ COLUMNS = {"data": "bytes", "id": "int"}
 
 
 def _write(out: Path, n: int, compression: str | None) -> None:
-    from astream.format import MDSWriter
+    from astream.format import LocalMDSWriter
 
     rng = np.random.default_rng(0)
     half = SAMPLE_BYTES // 2
     # Rows of half random, half repeated bytes: zstd about halves them.
     pool = rng.integers(0, 256, size=(1024, half), dtype=np.uint8)
-    with MDSWriter(out=str(out), columns=COLUMNS, compression=compression) as writer:
+    with LocalMDSWriter(out=str(out), columns=COLUMNS, compression=compression) as writer:
         for i in range(n):
             row = pool[i % 1024].tobytes()
             writer.write({"data": row + bytes([i % 251]) * half, "id": i})
@@ -163,7 +163,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         have_reference = True
     notes = [
         f"{n:,} samples of a {SAMPLE_BYTES}-byte bytes column and an int column, "
-        "default 64 MiB shards, written by astream's MDSWriter",
+        "default 64 MiB shards, written by astream's LocalMDSWriter",
         f"best of {REPEATS} rounds (the readers take turns) over a warm page cache; zstd rows decompress every shard first "
         "(decompress_s, its own codec each) and end_to_end counts that time",
     ]

@@ -71,7 +71,7 @@ def reference_files(
 ) -> dict[str, bytes]:
     """What the local format writer writes for the same samples and arguments."""
     root = tmp_path / "reference"
-    cls = getattr(format_writers, name)
+    cls = getattr(format_writers, f"Local{name}")
     write_all(cls(out=root, **WRITERS[name], **kwargs), samples)
     return local_files(root)
 

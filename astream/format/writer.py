@@ -1,4 +1,7 @@
-"""Writing datasets: MDS, JSONL, CSV/TSV/XSV shards and their ``index.json``.
+"""Writing datasets into a local folder: MDS, JSONL, CSV/TSV/XSV shards and ``index.json``.
+
+``LocalMDSWriter`` and friends write a local folder only; the public writers of
+:mod:`astream.writers` (``astream.MDSWriter``, ...) build on them and also upload to a store.
 
 The files written are byte for byte those mosaicml-streaming writes for the same samples and
 arguments (gzip aside: astream's gzip has a zero timestamp). A writer that is interrupted
@@ -29,13 +32,13 @@ from astream.format.index import INDEX_BASENAME
 from astream.units import parse_bytes
 
 __all__ = [
-    "CSVWriter",
-    "JSONLWriter",
-    "JSONWriter",
-    "MDSWriter",
+    "LocalCSVWriter",
+    "LocalJSONLWriter",
+    "LocalJSONWriter",
+    "LocalMDSWriter",
+    "LocalTSVWriter",
+    "LocalXSVWriter",
     "ShardWriter",
-    "TSVWriter",
-    "XSVWriter",
 ]
 
 _U32_MAX = 0xFFFFFFFF
@@ -44,7 +47,7 @@ _SIZE_LIMIT_CEILING = 1 << 32
 
 
 class ShardWriter(ABC):
-    """Common machinery of the dataset writers (use :class:`MDSWriter` and friends).
+    """Common machinery of the dataset writers (use :class:`LocalMDSWriter` and friends).
 
     :param out: local directory to write the dataset into.
     :param keep_local: accepted for mosaicml-streaming compatibility; a local ``out`` is kept.
@@ -252,14 +255,14 @@ def _column(sample: Mapping[str, Any], name: str) -> Any:
         raise EncodingError(f"sample has no value for column {name!r}") from None
 
 
-class MDSWriter(ShardWriter):
+class LocalMDSWriter(ShardWriter):
     """Write an MDS dataset (``shard.NNNNN.mds`` files and ``index.json``).
 
     :param columns: column name -> encoding name (``{"x": "ndarray:float32", "y": "int"}``).
 
     The other keyword arguments are :class:`ShardWriter`'s::
 
-        with MDSWriter(out="data/", columns={"text": "str"}, compression="zstd") as writer:
+        with LocalMDSWriter(out="data/", columns={"text": "str"}, compression="zstd") as writer:
             for text in texts:
                 writer.write({"text": text})
     """
@@ -376,7 +379,7 @@ class _SplitWriter(ShardWriter):
         return [(None, data), ("meta", meta)]
 
 
-class JSONLWriter(_SplitWriter):
+class LocalJSONLWriter(_SplitWriter):
     """Write a JSONL dataset: one ``json.dumps(sample, sort_keys=True)`` per line.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -415,11 +418,11 @@ class JSONLWriter(_SplitWriter):
         return (text + self.newline).encode("utf-8")
 
 
-#: mosaicml-streaming's name for :class:`JSONLWriter`.
-JSONWriter = JSONLWriter
+#: mosaicml-streaming's name for :class:`LocalJSONLWriter`.
+LocalJSONWriter = LocalJSONLWriter
 
 
-class XSVWriter(_SplitWriter):
+class LocalXSVWriter(_SplitWriter):
     """Write delimited text shards with a header line.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -475,7 +478,7 @@ class XSVWriter(_SplitWriter):
         return (self.separator.join(self.column_names) + self.newline).encode("utf-8")
 
 
-class _FixedSeparatorWriter(XSVWriter):
+class _FixedSeparatorWriter(LocalXSVWriter):
     """An XSV writer whose format implies the separator (not recorded in the index)."""
 
     fixed_separator: ClassVar[str] = ","
@@ -498,15 +501,15 @@ class _FixedSeparatorWriter(XSVWriter):
         return config
 
 
-class CSVWriter(_FixedSeparatorWriter):
-    """Write CSV shards (separator ``,``); see :class:`XSVWriter`."""
+class LocalCSVWriter(_FixedSeparatorWriter):
+    """Write CSV shards (separator ``,``); see :class:`LocalXSVWriter`."""
 
     format = "csv"
     fixed_separator = ","
 
 
-class TSVWriter(_FixedSeparatorWriter):
-    """Write TSV shards (separator tab); see :class:`XSVWriter`."""
+class LocalTSVWriter(_FixedSeparatorWriter):
+    """Write TSV shards (separator tab); see :class:`LocalXSVWriter`."""
 
     format = "tsv"
     fixed_separator = "\t"

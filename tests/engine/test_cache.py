@@ -23,7 +23,7 @@ from cache_worker import (
 
 from astream.engine.cache import ShardCache, fetch_index
 from astream.errors import CacheError, FormatError, ObjectNotFoundError, ShardCorruptError
-from astream.format import JSONWriter, load_index
+from astream.format import LocalJSONWriter, load_index
 
 SIZE = 10_000
 
@@ -366,7 +366,9 @@ async def test_a_cancelled_fetch_leaves_nothing_and_frees_its_lock(
 @pytest.mark.anyio
 async def test_a_jsonl_shard_brings_its_meta_file(remote: Path, local: Path, log: Path) -> None:
     samples = [{"text": f"sample {i} " * (i % 7)} for i in range(200)]
-    with JSONWriter(out=remote, columns={"text": "str"}, compression="zstd", hashes=["sha1"]) as w:
+    with LocalJSONWriter(
+        out=remote, columns={"text": "str"}, compression="zstd", hashes=["sha1"]
+    ) as w:
         for sample in samples:
             w.write(sample)
     index = remote / "index.json"

@@ -371,9 +371,9 @@ def test_empty_shards_are_read_past(tmp_path: Path) -> None:
     # One sample bigger than the size limit leaves an empty shard before it (as the reference
     # writer does); iteration, random access and the order all step over it.
     src = write_mds(tmp_path / "src", 30, size_limit=600, payload=200)
-    from astream.format import MDSWriter
+    from astream.format import LocalMDSWriter
 
-    with MDSWriter(
+    with LocalMDSWriter(
         out=str(tmp_path / "big"), columns={"id": "int", "data": "bytes"}, size_limit=600
     ) as w:
         w.write({"id": 0, "data": sample_bytes(0, 2000)})

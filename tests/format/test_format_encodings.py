@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from astream.errors import EncodingError, UnsafeTypeError
 from astream.format import (
     Encoding,
-    MDSWriter,
+    LocalMDSWriter,
     decode_sample,
     get_encoding,
     load_index,
@@ -159,7 +159,7 @@ def test_values_that_do_not_fit_raise_encoding_error_naming_column(
 ) -> None:
     message = rf"column 'col'.*{type(value).__name__}"
     with (
-        MDSWriter(out=tmp_path / "ds", columns={"ok": "int", "col": spec}) as writer,
+        LocalMDSWriter(out=tmp_path / "ds", columns={"ok": "int", "col": spec}) as writer,
         pytest.raises(EncodingError, match=message),
     ):
         writer.write({"ok": 1, "col": value})
@@ -168,7 +168,7 @@ def test_values_that_do_not_fit_raise_encoding_error_naming_column(
 
 
 def test_missing_column_is_an_encoding_error(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path, columns={"a": "int"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"a": "int"}) as writer:
         with pytest.raises(EncodingError, match="'a'"):
             writer.write({"b": 1})
         writer.write({"a": 2})  # the writer stays usable
@@ -179,7 +179,7 @@ def test_missing_column_is_an_encoding_error(tmp_path: Path) -> None:
 
 def test_unknown_encoding_is_refused_at_construction(tmp_path: Path) -> None:
     with pytest.raises(EncodingError, match=r"column 'a'.*'nope'"):
-        MDSWriter(out=tmp_path, columns={"a": "nope"})
+        LocalMDSWriter(out=tmp_path, columns={"a": "nope"})
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,7 @@ def test_unknown_encoding_is_refused_at_construction(tmp_path: Path) -> None:
 def test_bytes_that_cannot_decode_are_refused_at_write(
     tmp_path: Path, spec: str, value: bytes, reason: str
 ) -> None:
-    with MDSWriter(out=tmp_path / "ds", columns={"col": spec, "ok": "int"}) as writer:
+    with LocalMDSWriter(out=tmp_path / "ds", columns={"col": spec, "ok": "int"}) as writer:
         writer.write({"col": _good_value(spec), "ok": 0})
         writer.write({"col": _good_value(spec), "ok": 1})
         with pytest.raises(
@@ -217,7 +217,7 @@ def _good_value(spec: str) -> Any:
 
 
 def test_a_str_column_takes_only_str(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path, columns={"s": "str"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"s": "str"}) as writer:
         with pytest.raises(EncodingError, match=r"sample 0: column 's'.*expected str, got bytes"):
             writer.write({"s": b"abc"})
         writer.write({"s": "abc"})
@@ -279,7 +279,7 @@ def test_image_lists_and_jpeg_array_roundtrip() -> None:
 
 
 def test_pkl_is_refused_on_read_unless_allowed(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path, columns={"obj": "pkl", "n": "int"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"obj": "pkl", "n": "int"}) as writer:
         writer.write({"obj": {"k": (1, 2)}, "n": 1})
     shard = load_index((tmp_path / "index.json").read_bytes(), source="index").shards[0]
     with pytest.raises(UnsafeTypeError, match=r"shard\.00000\.mds.*'obj'.*allow_unsafe_types"):
@@ -308,7 +308,7 @@ def test_registered_encodings_write_and_read(tmp_path: Path) -> None:
         register_encoding("test_upper", _Upper())
     with pytest.raises(ValueError):
         register_encoding("a:b", _Upper())
-    with MDSWriter(out=tmp_path, columns={"s": "test_upper"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"s": "test_upper"}) as writer:
         writer.write({"s": "abc"})
         with pytest.raises(EncodingError, match="'s'"):
             writer.write({"s": 3})

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from astream.errors import IndexFormatError
-from astream.format import MDSWriter, load_index, merge_index, open_shard
+from astream.format import LocalMDSWriter, load_index, merge_index, open_shard
 
 
 def _mds_entry(i: int, samples: int = 3, compression: str | None = None) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def test_split_formats_need_meta_and_check_it() -> None:
 
 
 def _write_part(path: Path, start: int, count: int) -> None:
-    with MDSWriter(out=path, columns={"n": "int"}, size_limit=200) as writer:
+    with LocalMDSWriter(out=path, columns={"n": "int"}, size_limit=200) as writer:
         for n in range(start, start + count):
             writer.write({"n": n})
 

@@ -17,15 +17,15 @@ import pytest
 
 from astream.errors import ShardCorruptError
 from astream.format import (
-    CSVWriter,
     DatasetIndex,
     Encoding,
-    JSONLWriter,
-    JSONWriter,
-    MDSWriter,
+    LocalCSVWriter,
+    LocalJSONLWriter,
+    LocalJSONWriter,
+    LocalMDSWriter,
+    LocalTSVWriter,
+    LocalXSVWriter,
     ShardInfo,
-    TSVWriter,
-    XSVWriter,
     decode_sample,
     decompress_file,
     encoding_names,
@@ -75,7 +75,7 @@ def test_mds_roundtrip_with_every_codec(tmp_path: Path, compression: str | None)
         {"x": np.arange(i + 1, dtype=np.float32), "t": "é" * i, "n": -i, "u": i, "j": [i]}
         for i in range(30)
     ]
-    with MDSWriter(out=tmp_path, columns=columns, compression=compression,
+    with LocalMDSWriter(out=tmp_path, columns=columns, compression=compression,
                    hashes=["md5", "xxh3_64"], size_limit="1kb") as writer:  # fmt: skip
         for row in rows:
             writer.write(row)
@@ -92,11 +92,11 @@ def test_mds_roundtrip_with_every_codec(tmp_path: Path, compression: str | None)
 @pytest.mark.parametrize(
     "writer_class,kwargs,fmt",
     [
-        (JSONLWriter, {}, "json"),
-        (JSONWriter, {"newline": "\r\n"}, "json"),
-        (CSVWriter, {}, "csv"),
-        (TSVWriter, {}, "tsv"),
-        (XSVWriter, {"separator": "|~", "newline": "\n\n"}, "xsv"),
+        (LocalJSONLWriter, {}, "json"),
+        (LocalJSONWriter, {"newline": "\r\n"}, "json"),
+        (LocalCSVWriter, {}, "csv"),
+        (LocalTSVWriter, {}, "tsv"),
+        (LocalXSVWriter, {"separator": "|~", "newline": "\n\n"}, "xsv"),
     ],
 )
 @pytest.mark.parametrize("compression", [None, "zstd"])
@@ -116,13 +116,13 @@ def test_text_formats_roundtrip(
 def test_xsv_refuses_values_with_the_separator(tmp_path: Path) -> None:
     from astream.errors import EncodingError
 
-    with CSVWriter(out=tmp_path, columns={"s": "str"}) as writer:
+    with LocalCSVWriter(out=tmp_path, columns={"s": "str"}) as writer:
         with pytest.raises(EncodingError, match=r"column 's'.*separator"):
             writer.write({"s": "a,b"})
         with pytest.raises(EncodingError, match=r"column 's'.*int"):
             writer.write({"s": 3})
     with pytest.raises(ValueError, match="separator"):
-        CSVWriter(out=tmp_path / "x", columns={"a,b": "str"})
+        LocalCSVWriter(out=tmp_path / "x", columns={"a,b": "str"})
 
 
 def _reference_split(sizes: list[int], limit: int, per_shard: int, per_sample: int) -> list[int]:
@@ -143,7 +143,7 @@ def _reference_split(sizes: list[int], limit: int, per_shard: int, per_sample: i
 @pytest.mark.parametrize("limit", [60, 200, 333, 1000, 5000])
 def test_mds_splits_shards_exactly_as_the_reference_accounts(tmp_path: Path, limit: int) -> None:
     lengths = [(i * 37) % 150 for i in range(60)]
-    with MDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=limit) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=limit) as writer:
         for n in lengths:
             writer.write({"b": b"z" * n})
         config = len(json.dumps(writer.get_config(), sort_keys=True))
@@ -158,7 +158,7 @@ def test_mds_splits_shards_exactly_as_the_reference_accounts(tmp_path: Path, lim
 
 
 def test_oversized_first_sample_leaves_an_empty_shard_as_the_reference(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=100) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=100) as writer:
         writer.write({"b": b"x" * 500})
         writer.write({"b": b"y"})
     index = read_index(tmp_path)
@@ -171,10 +171,10 @@ def test_oversized_first_sample_leaves_an_empty_shard_as_the_reference(tmp_path:
 
 
 def test_empty_dataset_and_empty_jsonl_shard(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path / "mds", columns={"a": "int"}):
+    with LocalMDSWriter(out=tmp_path / "mds", columns={"a": "int"}):
         pass
     assert read_index(tmp_path / "mds").shards == ()
-    with JSONLWriter(out=tmp_path / "j", columns={"a": "int"}, size_limit=10) as writer:
+    with LocalJSONLWriter(out=tmp_path / "j", columns={"a": "int"}, size_limit=10) as writer:
         writer.write({"a": 12345678901234})
     index = read_index(tmp_path / "j")
     assert index.shards[0].samples == 0 and index.shards[0].raw.bytes == 0
@@ -182,27 +182,29 @@ def test_empty_dataset_and_empty_jsonl_shard(tmp_path: Path) -> None:
 
 
 def test_size_limit_spellings_and_bounds(tmp_path: Path) -> None:
-    writer = MDSWriter(out=tmp_path / "a", columns={"a": "int"}, size_limit="64mb")
+    writer = LocalMDSWriter(out=tmp_path / "a", columns={"a": "int"}, size_limit="64mb")
     assert writer.size_limit == 64 << 20
-    assert MDSWriter(out=tmp_path / "b", columns={"a": "int"}, size_limit=None).size_limit is None
+    assert (
+        LocalMDSWriter(out=tmp_path / "b", columns={"a": "int"}, size_limit=None).size_limit is None
+    )
     with pytest.raises(ValueError, match="2\\*\\*32"):
-        MDSWriter(out=tmp_path / "c", columns={"a": "int"}, size_limit=1 << 32)
+        LocalMDSWriter(out=tmp_path / "c", columns={"a": "int"}, size_limit=1 << 32)
     with pytest.raises(ValueError, match="sorted"):
-        MDSWriter(out=tmp_path / "d", columns={"a": "int"}, hashes=["sha1", "md5"])
+        LocalMDSWriter(out=tmp_path / "d", columns={"a": "int"}, hashes=["sha1", "md5"])
     with pytest.raises(ValueError, match="compression"):
-        MDSWriter(out=tmp_path / "e", columns={"a": "int"}, compression="zstd:99")
+        LocalMDSWriter(out=tmp_path / "e", columns={"a": "int"}, compression="zstd:99")
 
 
 def test_exist_ok(tmp_path: Path) -> None:
     (tmp_path / "stale.txt").write_text("x")
     with pytest.raises(FileExistsError, match=str(tmp_path)):
-        MDSWriter(out=tmp_path, columns={"a": "int"})
-    with MDSWriter(out=tmp_path, columns={"a": "int"}, exist_ok=True) as writer:
+        LocalMDSWriter(out=tmp_path, columns={"a": "int"})
+    with LocalMDSWriter(out=tmp_path, columns={"a": "int"}, exist_ok=True) as writer:
         writer.write({"a": 1})
     assert sorted(os.listdir(tmp_path)) == ["index.json", "shard.00000.mds"]
 
 
-class _RecordingWriter(MDSWriter):
+class _RecordingWriter(LocalMDSWriter):
     def __init__(self, **kwargs: Any) -> None:
         self.published: list[tuple[str, bool]] = []
         super().__init__(**kwargs)
@@ -226,7 +228,7 @@ def test_publish_is_called_once_per_file_with_index_last(tmp_path: Path) -> None
 def test_exception_inside_with_writes_no_index(tmp_path: Path) -> None:
     with (
         pytest.raises(RuntimeError, match="boom"),
-        MDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=100) as writer,
+        LocalMDSWriter(out=tmp_path, columns={"b": "bytes"}, size_limit=100) as writer,
     ):
         for _ in range(10):
             writer.write({"b": b"x" * 50})
@@ -240,8 +242,8 @@ def test_sigkill_mid_write_leaves_no_index_naming_partial_shards(tmp_path: Path)
     script = textwrap.dedent(
         f"""
         import sys
-        from astream.format import MDSWriter
-        with MDSWriter(out={str(out)!r}, columns={{"b": "bytes"}}, size_limit=1 << 20) as w:
+        from astream.format import LocalMDSWriter
+        with LocalMDSWriter(out={str(out)!r}, columns={{"b": "bytes"}}, size_limit=1 << 20) as w:
             for i in range(10**9):
                 w.write({{"b": bytes(4096)}})
                 if i == 2000:
@@ -267,7 +269,7 @@ def test_sigkill_mid_write_leaves_no_index_naming_partial_shards(tmp_path: Path)
 
 
 def _one_shard(tmp_path: Path, rows: int = 5) -> ShardInfo:
-    with MDSWriter(out=tmp_path, columns={"b": "bytes", "n": "int"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"b": "bytes", "n": "int"}) as writer:
         for i in range(rows):
             writer.write({"b": bytes([i]) * (i + 3), "n": i})
     return read_index(tmp_path).shards[0]
@@ -290,7 +292,7 @@ def test_offsets_range_and_decode_sample_read_like_the_reader(tmp_path: Path) ->
 
 
 def test_split_format_offsets_live_in_the_meta_file(tmp_path: Path) -> None:
-    with CSVWriter(out=tmp_path, columns={"a": "str"}) as writer:
+    with LocalCSVWriter(out=tmp_path, columns={"a": "str"}) as writer:
         writer.write({"a": "hello"})
         writer.write({"a": "world"})
     shard = read_index(tmp_path).shards[0]
@@ -361,7 +363,7 @@ def test_missing_shard_file(tmp_path: Path) -> None:
 
 
 def test_undecodable_column_is_named(tmp_path: Path) -> None:
-    with MDSWriter(out=tmp_path, columns={"t": "str"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"t": "str"}) as writer:
         writer.write({"t": "ok"})
     shard = read_index(tmp_path).shards[0]
     path = tmp_path / shard.raw.basename
@@ -391,7 +393,7 @@ def test_any_column_name_reads_back(tmp_path: Path) -> None:
         }
         for i in range(4)
     ]
-    with MDSWriter(out=tmp_path, columns=columns) as writer:
+    with LocalMDSWriter(out=tmp_path, columns=columns) as writer:
         for sample in samples:
             writer.write(sample)
     index = read_index(tmp_path)
@@ -412,7 +414,7 @@ class _Buggy(Encoding):
 def test_a_registered_encodings_error_goes_up_with_the_column_named(tmp_path: Path) -> None:
     if "test_buggy" not in encoding_names():
         register_encoding("test_buggy", _Buggy())
-    with MDSWriter(out=tmp_path, columns={"n": "int", "b": "test_buggy"}) as writer:
+    with LocalMDSWriter(out=tmp_path, columns={"n": "int", "b": "test_buggy"}) as writer:
         writer.write({"n": 1, "b": 7})
     shard = read_index(tmp_path).shards[0]
     with open_shard(shard, tmp_path) as reader, pytest.raises(ZeroDivisionError) as caught:

@@ -45,12 +45,12 @@ from streaming.base.util import merge_index as reference_merge_index  # noqa: E4
 
 from astream.errors import UnsafeTypeError  # noqa: E402
 from astream.format import (  # noqa: E402
-    CSVWriter,
-    JSONLWriter,
-    JSONWriter,
-    MDSWriter,
-    TSVWriter,
-    XSVWriter,
+    LocalCSVWriter,
+    LocalJSONLWriter,
+    LocalJSONWriter,
+    LocalMDSWriter,
+    LocalTSVWriter,
+    LocalXSVWriter,
     decode_sample,
     decompress_file,
     hash_file,
@@ -475,19 +475,22 @@ def test_merge_index_writes_the_reference_merged_index(tmp_path: Path, listed: b
 
 def test_merge_index_takes_the_reference_call_form(tmp_path: Path) -> None:
     indexes = _write_parts(
-        tmp_path, MDSWriter, [simple_samples(5, seed=i) for i in range(2)], columns=SIMPLE_ENCODINGS
+        tmp_path,
+        LocalMDSWriter,
+        [simple_samples(5, seed=i) for i in range(2)],
+        columns=SIMPLE_ENCODINGS,
     )
     merge_index(indexes, str(tmp_path))
     assert shard_counts(tmp_path) == [5, 5]
 
 
 TEXT_WRITERS = [
-    pytest.param(RefJSONWriter, JSONLWriter, {}, id="jsonl"),
-    pytest.param(RefCSVWriter, CSVWriter, {}, id="csv"),
-    pytest.param(RefTSVWriter, TSVWriter, {}, id="tsv"),
-    pytest.param(RefXSVWriter, XSVWriter, {"separator": "|"}, id="xsv"),
-    pytest.param(RefCSVWriter, CSVWriter, {"newline": "\r\n"}, id="csv-crlf"),
-    pytest.param(RefJSONWriter, JSONLWriter, {"newline": "\r\n"}, id="jsonl-crlf"),
+    pytest.param(RefJSONWriter, LocalJSONLWriter, {}, id="jsonl"),
+    pytest.param(RefCSVWriter, LocalCSVWriter, {}, id="csv"),
+    pytest.param(RefTSVWriter, LocalTSVWriter, {}, id="tsv"),
+    pytest.param(RefXSVWriter, LocalXSVWriter, {"separator": "|"}, id="xsv"),
+    pytest.param(RefCSVWriter, LocalCSVWriter, {"newline": "\r\n"}, id="csv-crlf"),
+    pytest.param(RefJSONWriter, LocalJSONLWriter, {"newline": "\r\n"}, id="jsonl-crlf"),
 ]
 
 
@@ -524,7 +527,9 @@ def test_text_formats_written_by_reference_read_the_same(
 
 def test_every_encoding_written_by_astream_reads_the_same_in_reference(tmp_path: Path) -> None:
     samples = all_encodings_samples(30, seed=5)
-    out = write(MDSWriter, tmp_path / "ours", samples, columns=ALL_ENCODINGS, size_limit=32_768)
+    out = write(
+        LocalMDSWriter, tmp_path / "ours", samples, columns=ALL_ENCODINGS, size_limit=32_768
+    )
     assert len(shard_counts(out)) > 3
     theirs = read_reference(out)
     assert lossless_part(theirs) == expected_lossless(samples, ALL_ENCODINGS)
@@ -536,21 +541,23 @@ def test_each_codec_written_by_astream_reads_the_same_in_reference(
     tmp_path: Path, codec: str | None
 ) -> None:
     samples = simple_samples(120, seed=9)
-    out = write_simple(MDSWriter, tmp_path / "ours", samples, compression=codec)
+    out = write_simple(LocalMDSWriter, tmp_path / "ours", samples, compression=codec)
     assert len(shard_counts(out)) > 3
     assert canon_samples(read_reference(out)) == canon_samples(samples)
 
 
 def test_pickle_written_by_astream_reads_in_reference(tmp_path: Path) -> None:
     samples = pkl_samples(10)
-    out = write(MDSWriter, tmp_path / "ours", samples, columns=PKL_ENCODINGS)
+    out = write(LocalMDSWriter, tmp_path / "ours", samples, columns=PKL_ENCODINGS)
     assert canon_samples(read_reference(out)) == canon_samples(samples)
 
 
 @pytest.mark.usefixtures("allow_reference_file_leaks")
 def test_local_dataset_of_reference_reads_astream_dataset(tmp_path: Path) -> None:
     samples = simple_samples(300, seed=4)
-    out = write(MDSWriter, tmp_path / "ours", samples, columns=SIMPLE_ENCODINGS, size_limit="8kb")
+    out = write(
+        LocalMDSWriter, tmp_path / "ours", samples, columns=SIMPLE_ENCODINGS, size_limit="8kb"
+    )
     dataset = LocalDataset(local=str(out))
     assert len(dataset) == len(samples)
     assert canon_samples(dataset[i] for i in range(len(dataset))) == canon_samples(samples)
@@ -565,7 +572,7 @@ def test_streaming_dataset_of_reference_reads_astream_dataset(
     # decompresses it with its own codec and reads the shard.
     samples = simple_samples(200, seed=6)
     out = write_simple(
-        MDSWriter, tmp_path / "ours", samples, compression=codec, hashes=["sha1", "xxh64"]
+        LocalMDSWriter, tmp_path / "ours", samples, compression=codec, hashes=["sha1", "xxh64"]
     )
     dataset = StreamingDataset(
         local=str(out), remote=None, shuffle=False, batch_size=4, validate_hash="xxh64"
@@ -578,7 +585,7 @@ def test_merged_index_written_by_astream_reads_in_reference(tmp_path: Path) -> N
     root = tmp_path / "ours"
     parts = [simple_samples(25, seed=i) for i in range(3)]
     _write_parts(
-        root, MDSWriter, parts, columns=SIMPLE_ENCODINGS, compression="zstd", size_limit=2048
+        root, LocalMDSWriter, parts, columns=SIMPLE_ENCODINGS, compression="zstd", size_limit=2048
     )
     merge_index(root)
     assert canon_samples(read_reference(root)) == canon_samples([s for p in parts for s in p])
@@ -594,7 +601,7 @@ def test_text_formats_written_by_astream_read_the_same_in_reference(
 
 
 def test_json_writer_is_jsonl_writer() -> None:
-    assert JSONWriter is JSONLWriter
+    assert LocalJSONWriter is LocalJSONLWriter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,11 +718,11 @@ def test_mds_same_options_write_same_bytes(
     else:
         samples = simple_samples(150, seed=12)
     options = {"compression": codec, "hashes": hashes, "size_limit": size_limit}
-    write_both_same(tmp_path, MDSWriter, RefMDSWriter, samples, columns, **options)
+    write_both_same(tmp_path, LocalMDSWriter, RefMDSWriter, samples, columns, **options)
 
 
 def test_mds_pickle_writes_same_bytes(tmp_path: Path) -> None:
-    write_both_same(tmp_path, MDSWriter, RefMDSWriter, pkl_samples(20), PKL_ENCODINGS)
+    write_both_same(tmp_path, LocalMDSWriter, RefMDSWriter, pkl_samples(20), PKL_ENCODINGS)
 
 
 def test_jpeg_opened_from_file_keeps_its_bytes_in_both(tmp_path: Path) -> None:
@@ -723,7 +730,7 @@ def test_jpeg_opened_from_file_keeps_its_bytes_in_both(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     path = tmp_path / "photo.jpg"
     _image(rng, "RGB", (16, 16)).save(path, quality=55)
-    for writer, name in ((MDSWriter, "ours"), (RefMDSWriter, "ref")):
+    for writer, name in ((LocalMDSWriter, "ours"), (RefMDSWriter, "ref")):
         with Image.open(path) as image:
             write(writer, tmp_path / name, [{"img": image}], columns={"img": "jpeg"})
     assert_same_bytes(tmp_path / "ours", tmp_path / "ref")
@@ -752,7 +759,7 @@ def test_text_formats_same_options_write_same_bytes(
 
 def test_exist_ok_replaces_an_old_dataset_in_both(tmp_path: Path) -> None:
     samples = simple_samples(60, seed=8)
-    for writer in (MDSWriter, RefMDSWriter):
+    for writer in (LocalMDSWriter, RefMDSWriter):
         (tmp_path / "full").mkdir(exist_ok=True)
         (tmp_path / "full" / "keep.txt").write_text("mine")
         with pytest.raises(FileExistsError):
@@ -766,7 +773,7 @@ def test_exist_ok_replaces_an_old_dataset_in_both(tmp_path: Path) -> None:
         "progress_bar": False,
         "keep_local": True,
     }
-    for writer, name in ((MDSWriter, "ours"), (RefMDSWriter, "ref")):
+    for writer, name in ((LocalMDSWriter, "ours"), (RefMDSWriter, "ref")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "shard.00099.mds").write_bytes(b"stale")
         write(writer, tmp_path / name, samples, **options)
@@ -777,7 +784,7 @@ def test_exist_ok_replaces_an_old_dataset_in_both(tmp_path: Path) -> None:
 def test_gzip_header_matches_reference_but_for_mtime(tmp_path: Path) -> None:
     samples = simple_samples(40)
     options: dict[str, Any] = {"columns": SIMPLE_ENCODINGS, "compression": "gz", "size_limit": 4096}
-    ours = write(MDSWriter, tmp_path / "ours", samples, **options)
+    ours = write(LocalMDSWriter, tmp_path / "ours", samples, **options)
     theirs = write(RefMDSWriter, tmp_path / "ref", samples, **options)
     names = sorted(p.name for p in theirs.glob("*.gz"))
     assert names
