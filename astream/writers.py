@@ -16,7 +16,9 @@ every other upload has succeeded, so a reader never finds an index naming shards
 there. A failed upload (after the store's retries) is raised from the next :meth:`write`,
 :meth:`finish` or ``with`` exit as a :class:`~astream.errors.StorageError` naming the file and
 its URL, and then no index is uploaded. An exception inside the ``with`` block cancels the
-uploads in flight and uploads no index (shards already uploaded stay).
+uploads in flight and uploads no index (shards already uploaded stay). With ``exist_ok=True``
+over an existing dataset, its ``index.json`` is first replaced by a placeholder that readers
+refuse, so no reader pairs the old index with new shards, even after a kill.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import secrets
 import shutil
@@ -41,7 +44,7 @@ import anyio.to_thread
 from astream.engine.loop import IOLoop, io_loop
 from astream.errors import ConfigError, ObjectNotFoundError, StorageError
 from astream.format import writer as _format
-from astream.format.index import INDEX_BASENAME
+from astream.format.index import INCOMPLETE_KEY, INDEX_BASENAME
 from astream.storage import RetryConfig, Store, open_store
 
 __all__ = [
@@ -214,6 +217,27 @@ class _Uploads:
                 "(pass exist_ok=True to write over it)"
             )
 
+    def retire_index(self) -> None:
+        """Replace the remote's ``index.json`` by a placeholder that readers refuse.
+
+        Stores have no delete in astream's interface, and an overwrite is as good here: the
+        placeholder says a writer is at work (or died), and the new index replaces it last.
+        """
+        marker = json.dumps(
+            {"version": 2, INCOMPLETE_KEY: "an astream writer started writing over it"}
+        ).encode("utf-8")
+
+        async def retire() -> None:
+            if await self.store.exists(INDEX_BASENAME):
+                await self.store.write(INDEX_BASENAME, marker)
+
+        try:
+            self.loop.run(retire())
+        except Exception as exc:
+            raise StorageError(
+                f"cannot retire the old index at {self.store.join(INDEX_BASENAME)}: {exc}"
+            ) from exc
+
     def submit(self, basename: str, path: Path) -> None:
         """Start uploading ``path`` as ``basename``; blocks while ``max_workers`` are in flight."""
         self.check()
@@ -368,6 +392,10 @@ class _UploadingWriter(_format.ShardWriter):
                 if not kwargs.get("exist_ok", False):
                     # As for a local ``out``: never mix a new dataset into an old one.
                     self._uploads.require_empty()
+                else:
+                    # Before any shard is overwritten: no reader may pair the old index with
+                    # new shards, nor a killed rewrite leave it naming them.
+                    self._uploads.retire_index()
             super().__init__(
                 out=local,
                 keep_local=keep_local,

@@ -107,6 +107,9 @@ class DatasetIndex:
 
 #: The folder of astream's own bookkeeping in a cache (locks, LRU stamps): no basename enters it.
 META_DIR = ".astream"
+#: The key of the placeholder an uploading writer puts in place of an old ``index.json`` before
+#: it writes over a dataset: :func:`load_index` refuses it with a message saying so.
+INCOMPLETE_KEY = "astream_incomplete"
 #: The longest basename (percent-quoted, as a cache names its lock files) an index may hold.
 MAX_BASENAME_CHARS = 200
 # Temporary names: the cache's (".name.astream-tmp-PID-TOKEN") and write_atomic's (".name.PID.tmp").
@@ -356,6 +359,11 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
         raise IndexFormatError(f"{source}: not valid JSON: {exc}") from exc
     reader = _Reader(source)
     reader.check(obj, "index", dict)
+    if INCOMPLETE_KEY in obj:
+        raise IndexFormatError(
+            f"{source}: this dataset is being written over, or its writer stopped before it "
+            f"finished ({obj[INCOMPLETE_KEY]!s:.200}); no index names its shards yet"
+        )
     version = reader.get(obj, "version", "", int)
     if version != 2:
         raise reader.fail("version", f"unsupported index version {version}; expected 2")

@@ -46,6 +46,25 @@ _U32_MAX = 0xFFFFFFFF
 _SIZE_LIMIT_CEILING = 1 << 32
 
 
+def _remove_dataset(root: Path) -> None:
+    """Delete a dataset folder, its index first.
+
+    Without its index the folder is no dataset: a reader that starts now gets an error rather
+    than the old index over a mix of old and new shards, and a writer killed at any later point
+    leaves no index naming files it never wrote. The unlink is made durable before anything else
+    goes, so a crash cannot bring the old index back over new shards.
+    """
+    index = root / INDEX_BASENAME
+    if index.exists():
+        index.unlink()
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    shutil.rmtree(root)
+
+
 class ShardWriter(ABC):
     """Common machinery of the dataset writers (use :class:`LocalMDSWriter` and friends).
 
@@ -55,8 +74,9 @@ class ShardWriter(ABC):
     :param hashes: hash algorithms to record for every file, unique and sorted.
     :param size_limit: start a new shard before one would exceed this many bytes (an int or
         ``"64mb"``); ``None`` or ``0`` puts every sample in one shard. Default 64 MiB.
-    :param exist_ok: when ``out`` exists and is not empty, delete its contents (``True``) or
-        raise :class:`FileExistsError` (``False``, the default).
+    :param exist_ok: when ``out`` exists and is not empty, delete its contents (``True``;
+        its ``index.json`` first, so that no reader ever takes old and new files for one
+        dataset) or raise :class:`FileExistsError` (``False``, the default).
     :param progress_bar: accepted for compatibility (uploads only).
     :param max_workers: accepted for compatibility (uploads only).
     :param retry: accepted for compatibility (uploads only).
@@ -104,7 +124,7 @@ class ShardWriter(ABC):
         if self.local.exists() and any(self.local.iterdir()):
             if not exist_ok:
                 raise FileExistsError(f"directory is not empty: {self.local} (pass exist_ok=True)")
-            shutil.rmtree(self.local)
+            _remove_dataset(self.local)
         self.local.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict[str, Any]] = []
         self._samples: list[bytes] = []

@@ -70,3 +70,35 @@ def local_copy(src: Path, dst: Path) -> Path:
     for path in src.iterdir():
         (dst / path.name).write_bytes(path.read_bytes())
     return dst
+
+
+def generation_shape(generation: int) -> tuple[int, int]:
+    """``(samples, payload bytes)`` of rewrite generation ``generation``: each differs."""
+    return 600 + 7 * generation, 64 + 16 * generation
+
+
+def classify_read(remote: str, cache: Path, **options: Any) -> str:
+    """Stream the whole dataset once: ``"gen<G>"`` when every sample of exactly one generation
+    came out, each with its exact bytes; ``"error:<AstreamError subclass>"``; else ``"MIXED"``
+    (old and new samples together, or wrong bytes) or ``"bad:<type>"`` (a non-astream error).
+    """
+    from astream import StreamingDataset
+    from astream.errors import AstreamError
+
+    try:
+        dataset = StreamingDataset(remote=remote, local=cache, batch_size=1, **options)
+        samples = list(dataset)
+    except AstreamError as exc:
+        return f"error:{type(exc).__name__}"
+    except Exception as exc:
+        return f"bad:{type(exc).__name__}: {str(exc)[:200]}"
+    gens = {int(s["gen"]) for s in samples}
+    if len(gens) != 1:
+        return "MIXED" if gens else "empty"
+    (gen,) = gens
+    count, size = generation_shape(gen)
+    ids = sorted(int(s["id"]) for s in samples)
+    exact = ids == list(range(count)) and all(
+        s["data"] == payload(int(s["id"]), size, gen) for s in samples
+    )
+    return f"gen{gen}" if exact else "MIXED"
