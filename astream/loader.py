@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from astream.errors import MissingDependencyError
+from astream.errors import ConfigError, MissingDependencyError
 
 try:
     from torch import Tensor
@@ -26,7 +26,10 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, Mapping):
         for value in batch.values():
             return len(value)
-        raise ValueError("cannot count the samples of an empty batch mapping")
+        raise ConfigError(
+            "StreamingDataLoader cannot count the samples of an empty batch mapping: the "
+            "collate_fn must return at least one value per sample (state_dict counts them)"
+        )
     if isinstance(batch, Tensor):
         return len(batch)
     if isinstance(batch, list | tuple) and batch and not isinstance(batch[0], Mapping):

@@ -12,6 +12,7 @@ from astream import ConfigError, CSVWriter, EncodingError, MDSWriter
 from astream.convert import WriterOptions, open_source
 from astream.engine.prefetch import WindowConfig
 from astream.format import Encoding, get_encoding, hash_bytes, parse_compression, register_encoding
+from astream.loader import _batch_len
 from astream.units import parse_bytes, parse_count
 
 CASES: list[tuple[str, type[Exception], Callable[[Path], Any], str]] = [
@@ -60,6 +61,7 @@ CASES: list[tuple[str, type[Exception], Callable[[Path], Any], str]] = [
     ("window", ConfigError, lambda _: WindowConfig(shards=0), "WindowConfig.shards"),
     ("output format", ConfigError, lambda _: WriterOptions(format="xml"), "unknown format"),
     ("layout", ConfigError, lambda tmp: open_source(tmp.parent, "nope"), "unknown layout"),
+    ("empty batch", ConfigError, lambda _: _batch_len({}), "collate_fn must return"),
 ]
 
 

@@ -101,6 +101,7 @@ examples:
   astream verify s3://bucket/imagenet --hash xxh64
   astream cp s3://bucket/imagenet gs://other/imagenet
   astream bench s3://bucket/imagenet --limit 10000 --shuffle
+  astream merge s3://bucket/laion          (one index over parts written in parallel)
 """
 
 
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="astream",
-        description="Build, inspect, check, copy and benchmark astream datasets.",
+        description="Build, inspect, check, copy, merge and benchmark astream datasets.",
         epilog=_EXAMPLES + f"\ncompression codecs: {_codecs()}\n"
         "`astream COMMAND --help` describes each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
