@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 
 import anyio
 
-from astream.errors import StorageError
+from astream.errors import ConfigError, StorageError
 from astream.storage._retry import RateFloor
 from astream.storage._transfer import pwrite_all
 from astream.storage.base import RetryConfig, Store, TransferConfig
@@ -53,7 +53,7 @@ class BucketStore(Store):
     def _check_range(self, key: str, start: int, end: int) -> bool:
         """Validate ``[start, end)``; true when it is empty (no request is needed)."""
         if start < 0 or end < start:
-            raise ValueError(f"bad byte range [{start}, {end}) for {self.join(key)}")
+            raise ConfigError(f"bad byte range [{start}, {end}) for {self.join(key)}")
         return start == end
 
     def _exact(self, key: str, start: int, end: int, data: bytes) -> bytes:

@@ -44,7 +44,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 
-from astream.errors import StorageError
+from astream.errors import ConfigError, StorageError
 from astream.storage._retry import TruncatedBody
 from astream.storage._transfer import pwrite_all
 
@@ -78,7 +78,7 @@ def check_headers(headers: Mapping[str, str]) -> None:
     """Refuse header names or values with line breaks (they would forge headers)."""
     for name, value in headers.items():
         if any(c in text for text in (name, value) for c in "\r\n"):
-            raise ValueError(f"HTTP header {name!r} holds a line break")
+            raise ConfigError(f"HTTP header {name!r} holds a line break")
 
 
 def _quote(text: str, safe: str) -> str:
@@ -197,6 +197,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.received_any = False
         #: The loop time of the last receive, for the read timeout.
         self.last_receive = 0.0
+        self._clock = asyncio.get_running_loop().time
 
     # -- asyncio's side ----------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class _Conn(asyncio.BufferedProtocol):
         return self.head_view[self.head_len :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_receive = asyncio.get_running_loop().time()
+        self.last_receive = self._clock()
         self.received_any = True
         try:
             if self.mode == "body":
@@ -261,7 +262,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.head_len = 0
         self.filled = 0
         self.received_any = False
-        self.last_receive = asyncio.get_running_loop().time()
+        self.last_receive = self._clock()
         self.memory = self.memory_view = None
         self.whole = end is None
         want = 0 if end is None else end - start
@@ -427,7 +428,7 @@ class RawHTTP:
         :raises TimeoutError: no byte arrived for ``read_timeout`` seconds.
         """
         if start >= end:
-            raise ValueError(f"empty or bad range [{start}, {end}) for {url}")
+            raise ConfigError(f"empty or bad range [{start}, {end}) for {url}")
         done = await self._request(url, headers, fd, start, end)
         return done is not None
 
@@ -448,9 +449,9 @@ class RawHTTP:
         :raises: as :meth:`get_into`.
         """
         if end is not None and start >= end:
-            raise ValueError(f"empty or bad range [{start}, {end}) for {url}")
+            raise ConfigError(f"empty or bad range [{start}, {end}) for {url}")
         if end is None and start:
-            raise ValueError("a whole read starts at 0")
+            raise ConfigError("a whole read starts at 0")
         return await self._request(url, headers, -1, start, end, check)
 
     async def _request(

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from astream.errors import StorageError
+from astream.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from astream.storage.base import ProgressCallback, Store
@@ -65,7 +65,7 @@ _WATCHERS: dict[int, Callable[[int, int], None]] = {}
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     """``[start, end)`` ranges of at most ``part_size`` bytes covering ``[0, size)`` in order."""
     if part_size < 1:
-        raise ValueError(f"part_size must be >= 1, got {part_size}")
+        raise ConfigError(f"part_size must be >= 1, got {part_size}")
     return [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
 
 

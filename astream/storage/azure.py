@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from astream.errors import MissingDependencyError, StorageError, StoragePermissionError
+from astream.errors import ConfigError, MissingDependencyError, StorageError, StoragePermissionError
 from astream.storage._cloud import BucketStore, run_parts
 from astream.storage._retry import classify
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
@@ -99,7 +99,7 @@ class AzureStore(BucketStore):
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "azure" or not parts.netloc:
-            raise ValueError(f"not an azure://container[/prefix] URL: {url!r}")
+            raise ConfigError(f"not an azure://container[/prefix] URL: {url!r}")
         host, path = parts.netloc, parts.path.strip("/")
         account: str | None = None
         if "@" in host:
@@ -109,7 +109,7 @@ class AzureStore(BucketStore):
             account = host.split(".")[0]
             container, _, path = path.partition("/")
             if not container:
-                raise ValueError(f"no container in {url!r}: azure://account.blob.../container")
+                raise ConfigError(f"no container in {url!r}: azure://account.blob.../container")
         else:
             container = host
         super().__init__(url, container, path, retry=retry, transfer=transfer)
@@ -128,7 +128,7 @@ class AzureStore(BucketStore):
             )
         )
         if self.account_name is None:
-            raise ValueError(
+            raise ConfigError(
                 f"no Azure storage account for {url!r}: name it in the URL"
                 " (azure://account.blob.core.windows.net/container/...), pass account_name=,"
                 " or set AZURE_STORAGE_ACCOUNT or AZURE_STORAGE_CONNECTION_STRING"

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from astream.errors import ConfigError
+
 if TYPE_CHECKING:
     from astream.errors import StorageError
 
@@ -57,9 +59,9 @@ class RetryConfig:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"RetryConfig.attempts must be >= 1, got {self.attempts}")
+            raise ConfigError(f"RetryConfig.attempts must be >= 1, got {self.attempts}")
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"RetryConfig.jitter must be within [0, 1], got {self.jitter}")
+            raise ConfigError(f"RetryConfig.jitter must be within [0, 1], got {self.jitter}")
         for name in (
             "backoff_initial",
             "backoff_max",
@@ -68,7 +70,7 @@ class RetryConfig:
             "min_rate",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"RetryConfig.{name} must be > 0")
+                raise ConfigError(f"RetryConfig.{name} must be > 0")
 
     def deadline(self, size: int) -> float:
         """Seconds one try of a request for ``size`` bytes may take once it is sent."""
@@ -114,9 +116,9 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         if self.part_size < 1 or self.concurrency < 1 or self.multipart_threshold < 1:
-            raise ValueError("TransferConfig sizes and concurrency must be >= 1")
+            raise ConfigError("TransferConfig sizes and concurrency must be >= 1")
         if self.head_part_size < 0:
-            raise ValueError("TransferConfig.head_part_size must be >= 0")
+            raise ConfigError("TransferConfig.head_part_size must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

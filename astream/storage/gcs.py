@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 
-from astream.errors import MissingDependencyError, StoragePermissionError
+from astream.errors import ConfigError, MissingDependencyError, StoragePermissionError
 from astream.storage._cloud import BucketStore, write_body
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
@@ -83,7 +83,7 @@ class GCSStore(BucketStore):
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "gs" or not parts.netloc:
-            raise ValueError(f"not a gs://bucket[/prefix] URL: {url!r}")
+            raise ConfigError(f"not a gs://bucket[/prefix] URL: {url!r}")
         super().__init__(url, parts.netloc, parts.path, retry=retry, transfer=transfer)
         self.service_file = os.fspath(service_file) if service_file is not None else None
         self.unsigned = unsigned

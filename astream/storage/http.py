@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from astream.errors import StorageError
+from astream.errors import ConfigError, StorageError
 from astream.storage._rawhttp import RawHTTP, check_content_range, check_headers
 from astream.storage._retry import RateFloor, TruncatedBody, error_for_status
 from astream.storage._transfer import pwrite_all, write_part
@@ -77,7 +77,7 @@ class HTTPStore(Store):
         auth = _basic_auth(url)
         if auth is not None:
             if any(name.lower() == "authorization" for name in self.headers):
-                raise ValueError(
+                raise ConfigError(
                     f"{self.url}: credentials in the URL and an Authorization header: give one"
                 )
             self.headers["Authorization"] = auth
@@ -207,7 +207,7 @@ class HTTPStore(Store):
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end}) for {self.join(key)}")
+            raise ConfigError(f"bad range [{start}, {end}) for {self.join(key)}")
         if start == end:
             return b""
         url = self.join(key)

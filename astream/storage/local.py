@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from astream.errors import ObjectNotFoundError, StorageError, StoragePermissionError
+from astream.errors import ConfigError, ObjectNotFoundError, StorageError, StoragePermissionError
 from astream.storage.base import ObjectInfo, ProgressCallback, RetryConfig, Store, TransferConfig
 
 __all__ = ["LocalStore"]
@@ -93,7 +93,7 @@ class LocalStore(Store):
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end}) for {self.join(key)}")
+            raise ConfigError(f"bad range [{start}, {end}) for {self.join(key)}")
         path = self.path(key)
         url = self.join(key)
 

@@ -28,7 +28,7 @@ import aiohttp
 import anyio
 import yarl
 
-from astream.errors import MissingDependencyError, StoragePermissionError
+from astream.errors import ConfigError, MissingDependencyError, StoragePermissionError
 from astream.storage._cloud import BucketStore, run_parts, write_body
 from astream.storage.base import ObjectInfo, RetryConfig, TransferConfig
 
@@ -98,7 +98,7 @@ class OCIStore(BucketStore):
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "oci" or not parts.netloc:
-            raise ValueError(f"not an oci://bucket@namespace[/prefix] URL: {url!r}")
+            raise ConfigError(f"not an oci://bucket@namespace[/prefix] URL: {url!r}")
         bucket, _, namespace = parts.netloc.partition("@")
         super().__init__(url, bucket, parts.path, retry=retry, transfer=transfer)
         #: The tenancy's Object Storage namespace; looked up on first use when ``None``.

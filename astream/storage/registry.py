@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from typing import Any, Protocol
 
-from astream.errors import MissingDependencyError, UnsupportedSchemeError
+from astream.errors import ConfigError, MissingDependencyError, UnsupportedSchemeError
 from astream.storage.base import RetryConfig, Store, TransferConfig
 
 __all__ = [
@@ -102,13 +102,13 @@ def register_store(scheme: str, factory: StoreFactory, *, replace: bool = False)
     :param factory: called as ``factory(url, retry=..., transfer=..., **options)``; a
         :class:`~astream.storage.base.Store` subclass qualifies.
     :param replace: allow replacing a registered (or built-in) scheme.
-    :raises ValueError: the scheme is taken and ``replace`` is false, or it is malformed.
+    :raises ConfigError: the scheme is taken and ``replace`` is false, or it is malformed.
     """
     key = scheme.lower()
     if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", key):
-        raise ValueError(f"not a URL scheme: {scheme!r}")
+        raise ConfigError(f"not a URL scheme: {scheme!r}")
     if key in _FACTORIES and not replace:
-        raise ValueError(f"a store is already registered for {key}://; pass replace=True")
+        raise ConfigError(f"a store is already registered for {key}://; pass replace=True")
     _FACTORIES[key] = factory
 
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from astream.errors import StorageError, StoragePermissionError
+from astream.errors import ConfigError, StorageError, StoragePermissionError
 from astream.storage._rawhttp import HTTPStatusError
 from astream.storage._retry import TruncatedBody, classify
 from astream.storage._s3direct import SDK_STATUSES, DirectReads, resolve
@@ -373,7 +373,7 @@ class S3Store(Store):
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         url = self.join(key)
         if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end}) for {url}")
+            raise ConfigError(f"bad range [{start}, {end}) for {url}")
         if start == end:
             return b""
         object_key = self._object_key(key)
