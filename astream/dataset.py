@@ -137,7 +137,11 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         shards are decompressed into ``<temp dir>/astream/local-<digest>``).
     :param split: a sub-directory of ``remote`` and ``local``.
     :param download_retry: retries of a failed request (default 2).
-    :param download_timeout: seconds without progress before a request is abandoned (default 60).
+    :param download_timeout: seconds of silence before one try of a request is abandoned
+        (default 60); a body must also keep arriving at ``RetryConfig.min_rate`` (64 KiB/s) on
+        average after that. A server that never answers is given up on after
+        ``(download_retry + 1) * download_timeout`` seconds plus short backoffs
+        (docs/storage.md, "The time budget").
     :param validate_hash: hash algorithm to check downloaded files against the index.
     :param keep_zip: keep compressed shard files after decompressing them.
     :param epoch_size: samples per epoch (int or ``"100k"``), with proportion or no weights.

@@ -45,7 +45,8 @@ class Stream:
     :param repeat: how many times over the stream is drawn per epoch (fractions allowed).
     :param choose: how many of the stream's samples an epoch draws.
     :param download_retry: retries of a failed request (attempts = retries + 1).
-    :param download_timeout: seconds without progress before a request is abandoned.
+    :param download_timeout: seconds of silence before one try of a request is abandoned (the
+        per-try deadline and total budget: docs/storage.md, "The time budget").
     :param validate_hash: hash algorithm to check each downloaded file against the index.
     :param keep_zip: keep compressed shard files after decompressing them.
     """
