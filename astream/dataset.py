@@ -26,8 +26,8 @@ from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_s
 from astream.engine.table import ShardTable, StreamSource
 from astream.engine.working_set import check_cache_plan
 from astream.errors import (
-    AstreamError,
     CacheLimitWarning,
+    ConfigError,
     DatasetNotFoundError,
     IndexFormatError,
     ObjectNotFoundError,
@@ -196,14 +196,14 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     ) -> None:
         if streams:
             if remote is not None or local is not None:
-                raise AstreamError("give either streams or remote/local, not both")
+                raise ConfigError("give either streams or remote/local, not both")
             stream_list = list(streams)
         else:
             if remote is None and local is None:
-                raise AstreamError("StreamingDataset needs remote, local or streams")
+                raise ConfigError("StreamingDataset needs remote, local or streams")
             stream_list = [Stream(remote=remote, local=local, split=split)]
         if any(not isinstance(s, Stream) for s in stream_list):
-            raise AstreamError("streams must be astream.Stream objects")
+            raise ConfigError("streams must be astream.Stream objects")
         defaults = {
             "download_retry": download_retry,
             "download_timeout": download_timeout,
@@ -215,8 +215,13 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         self.cache_limit = None if cache_limit is None else parse_bytes(cache_limit)
         self.allow_unsafe_types = allow_unsafe_types
         self.batch_size = batch_size
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 (or None), got {batch_size}")
+        for name, value in (("prefetch_shards", prefetch_shards), ("max_downloads", max_downloads)):
+            if value < 1:  # named here as the caller spelled them, not as WindowConfig does
+                raise ConfigError(f"{name} must be >= 1, got {value}")
         if predownload is not None and predownload < 0:
-            raise AstreamError(f"predownload must be >= 0, got {predownload}")
+            raise ConfigError(f"predownload must be >= 0, got {predownload}")
         self.window = WindowConfig(
             shards=prefetch_shards,
             bytes=parse_bytes(prefetch_bytes),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from astream.engine.table import StreamSource, default_local
-from astream.errors import AstreamError
+from astream.errors import ConfigError
 from astream.storage import RetryConfig, TransferConfig
 
 __all__ = ["Stream"]
@@ -66,18 +66,18 @@ class Stream:
         keep_zip: bool | None = None,
     ) -> None:
         if remote is None and local is None:
-            raise AstreamError("a Stream needs remote, local or both")
+            raise ConfigError("a Stream needs remote, local or both")
         given = [
             name
             for name, value in (("proportion", proportion), ("repeat", repeat), ("choose", choose))
             if value is not None
         ]
         if len(given) > 1:
-            raise AstreamError(f"a Stream takes at most one of proportion, repeat, choose: {given}")
+            raise ConfigError(f"a Stream takes at most one of proportion, repeat, choose: {given}")
         if download_retry is not None and download_retry < 0:
-            raise AstreamError(f"download_retry must be >= 0, got {download_retry}")
+            raise ConfigError(f"download_retry must be >= 0, got {download_retry}")
         if download_timeout is not None and download_timeout <= 0:
-            raise AstreamError(f"download_timeout must be > 0, got {download_timeout}")
+            raise ConfigError(f"download_timeout must be > 0, got {download_timeout}")
         self.remote = None if remote is None else os.fspath(remote)
         self.local = None if local is None else os.fspath(local)
         self.split = split or ""

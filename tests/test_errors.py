@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from astream import ConfigError, CSVWriter, EncodingError, MDSWriter
+from astream import ConfigError, CSVWriter, EncodingError, MDSWriter, StreamingDataset
 from astream.convert import WriterOptions, open_source
 from astream.engine.prefetch import WindowConfig
 from astream.format import Encoding, get_encoding, hash_bytes, parse_compression, register_encoding
@@ -80,3 +80,21 @@ def test_encode_errors_are_encoding_errors() -> None:
 
     with pytest.raises(EncodingError, match="empty and 0-d arrays"):
         ndarray.encode(np.zeros((0,), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": -1}, "batch_size must be >= 1"),
+        ({"prefetch_shards": 0}, "prefetch_shards must be >= 1"),
+        ({"max_downloads": 0}, "max_downloads must be >= 1"),
+        ({"predownload": -1}, "predownload must be >= 0"),
+    ],
+)
+def test_dataset_arguments_are_named_as_given(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    with MDSWriter(out=tmp_path, columns={"a": "int"}) as writer:
+        writer.write({"a": 1})
+    with pytest.raises(ConfigError, match=message):
+        StreamingDataset(local=tmp_path, **kwargs)
