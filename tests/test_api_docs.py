@@ -73,3 +73,17 @@ def test_writers_document_every_parameter(name: str) -> None:
     local = importlib.import_module("astream.format.writer").ShardWriter
     for parameter in inspect.signature(local).parameters.values():
         assert inspect.signature(writer).parameters[parameter.name].default == parameter.default
+
+
+def test_the_docs_hook_renders_sphinx_roles_as_references() -> None:
+    import mkdocs_hooks
+
+    page = (
+        "<p>raises :class:<code>~astream.errors.StorageError</code> via "
+        ":meth:<code>write</code></p><p>::</p><pre>code</pre>"
+    )
+    assert mkdocs_hooks.on_page_content(page) == (
+        '<p>raises <autoref identifier="astream.errors.StorageError" optional>'
+        "<code>StorageError</code></autoref> via "
+        '<autoref identifier="write" optional><code>write</code></autoref></p><pre>code</pre>'
+    )
