@@ -303,7 +303,7 @@ class LocalMDSWriter(ShardWriter):
             try:
                 encoding = get_encoding(spec)
             except EncodingError as exc:
-                raise EncodingError(f"column {name!r}: {exc}") from exc
+                raise EncodingError(f"column {name!r}: {exc}") from None  # exc said all
             self.column_names.append(name)
             self.column_encodings.append(spec)
             self.column_sizes.append(encoding.size)

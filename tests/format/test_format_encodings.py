@@ -178,8 +178,9 @@ def test_missing_column_is_an_encoding_error(tmp_path: Path) -> None:
 
 
 def test_unknown_encoding_is_refused_at_construction(tmp_path: Path) -> None:
-    with pytest.raises(EncodingError, match=r"column 'a'.*'nope'"):
+    with pytest.raises(EncodingError, match=r"column 'a'.*'nope'") as caught:
         LocalMDSWriter(out=tmp_path, columns={"a": "nope"})
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # said once
 
 
 @pytest.mark.parametrize(
