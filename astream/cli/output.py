@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,7 @@ class Progress:
         self._bar: Any = None
         #: What :meth:`update` has added up so far (counted with or without a bar).
         self.count = 0
+        self._drawn = 0.0
         if not sys.stderr.isatty():
             return
         try:
@@ -47,7 +49,12 @@ class Progress:
     def set_postfix(self, text: str) -> None:
         """Show ``text`` after the bar's counts."""
         if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
+            # Redrawn at most 5 times a second: a unit may be one small image.
+            now = time.monotonic()
+            redraw = now - self._drawn > 0.2
+            if redraw:
+                self._drawn = now
+            self._bar.set_postfix_str(text, refresh=redraw)
 
     def update(self, count: int = 1) -> None:
         """Advance the bar by ``count``."""
