@@ -1,5 +1,5 @@
 """Developer and CI sessions: ``nox -s tests lint typecheck interop docs`` (CI), ``demo``,
-``bench``.
+``bench``, ``soak``.
 
 Every session that could pull torch installs ``torch==2.13.0`` first: that exact version is a CPU
 wheel on the build machines' disk, while any open range would download a multi-GB CUDA build.
@@ -49,6 +49,17 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     _install_node_servers(session)
     session.run("pytest", "-m", "not interop", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Kill loops and fault injection for N minutes, then a table of outcomes (not in CI).
+
+    ``nox -s soak -- 10`` runs 10 minutes (default 5): tests/reliability/soak.py.
+    """
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "tests/reliability/soak.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -100,6 +100,12 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _belongs(raw: str, file: str) -> bool:
+    """Whether ``file`` is one a stamp of raw basename ``raw`` may list: itself, or a name
+    that extends it with a suffix (``.zstd``, ``.meta``, ``.meta.zstd``) in the same folder."""
+    return file == raw or (file.startswith(f"{raw}.") and "/" not in file[len(raw) :])
+
+
 def _stamp_files(name: str, data: bytes) -> list[str] | None:
     """The basenames a stamp lists, or ``None`` when it is not one a cache could have written.
 
@@ -118,7 +124,7 @@ def _stamp_files(name: str, data: bytes) -> list[str] | None:
     for file in files:
         if not isinstance(file, str):
             return None
-        if file != raw and not (file.startswith(f"{raw}.") and "/" not in file[len(raw) :]):
+        if not _belongs(raw, file):
             return None  # another shard's file: its lock is not the one eviction holds
         try:
             check_basename(file, "stamp")
@@ -340,9 +346,10 @@ class ShardCache:
                 self.touch(shard)
                 return path
             for raw, zip_info in _file_pairs(shard):
-                _remove_temps(self.root / raw.basename)
-                if zip_info is not None:
-                    _remove_temps(self.root / zip_info.basename)
+                for info in (raw, zip_info):
+                    # Not through a folder that resolves outside (_fetch_file then refuses).
+                    if info is not None and self._inside(self.root / info.basename):
+                        _remove_temps(self.root / info.basename)
             if self.evictable and self.limit is not None:
                 await anyio.to_thread.run_sync(
                     self._evict, self._bytes_needed(shard), shard.raw.basename
@@ -580,6 +587,9 @@ class ShardCache:
             files.append(raw.basename)
             if zip_info is not None and (self.root / zip_info.basename).exists():
                 files.append(zip_info.basename)
+        # Only names a stamp may list (see _stamp_files): an index whose meta file is named
+        # otherwise leaves that file to stay, rather than its whole stamp being ignored.
+        files = [name for name in files if _belongs(shard.raw.basename, name)]
         self._ensure_dirs()
         stamp = self._stamp_path(shard)
         tmp = _temp_name(stamp)

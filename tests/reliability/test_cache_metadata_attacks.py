@@ -129,9 +129,12 @@ def test_a_symlinked_folder_in_the_cache_is_not_written_through(tmp_path: Path) 
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "sub").symlink_to(outside, target_is_directory=True)
+    # A file outside named like a temporary file of the first shard.
+    bait = outside / f".{index['shards'][0]['raw_data']['basename'][4:]}.astream-tmp-1-ab"
+    bait.write_text("not the cache's")
     with pytest.raises(CacheError, match="resolves outside the cache"):
         list(StreamingDataset(remote=str(remote), local=cache, batch_size=1))
-    assert list(outside.iterdir()) == []
+    assert list(outside.iterdir()) == [bait]
 
 
 def test_legitimate_stamps_still_evict(tmp_path: Path) -> None:

@@ -52,7 +52,10 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             cache = self.caches / f"r{len(self.outcomes)}"
-            self.outcomes.append(classify_read(self.remote, cache, **self.options))
+            read = classify_read(self.remote, cache, **self.options)
+            self.outcomes.append(read)
+            if read.startswith("error:"):
+                self.stop.wait(0.02)  # no dataset right now: leave the writer the CPU
 
 
 def rewrite_trials(
@@ -90,7 +93,8 @@ def rewrite_trials(
             assert writer.stdout is not None
             writer.stdout.readline()  # "started", or "" when it died constructing
             try:
-                writer.wait(timeout=rng.uniform(0.0, 1.2 * duration))
+                # Up to twice the unhindered write: the reader slows it, and some should finish.
+                writer.wait(timeout=rng.uniform(0.0, 2.0 * duration))
             except subprocess.TimeoutExpired:
                 writer.send_signal(signal.SIGKILL)
             code = writer.wait(timeout=60)
