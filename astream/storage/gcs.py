@@ -2,8 +2,9 @@
 
 Credentials follow gcloud-aio-auth's chain: an explicit ``service_file``, else
 ``GOOGLE_APPLICATION_CREDENTIALS``, else the gcloud SDK's application-default credentials, else
-the GCE metadata server. Off Google Cloud (no ``GCE_METADATA_HOST`` and a machine whose DMI
-product name is not Google's) with none of the others, the first request fails at once with a
+the GCE metadata server. Off Google Cloud (no ``GCE_METADATA_HOST``, none of the variables
+Cloud Run, Cloud Functions and App Engine set, and a machine whose DMI product name is not
+Google's) with none of the others, the first request fails at once with a
 :class:`~astream.errors.StoragePermissionError` naming them all, instead of asking the metadata
 server, which does not exist there, for a token. ``unsigned=True`` sends no ``Authorization`` header at all, for public
 buckets. ``STORAGE_EMULATOR_HOST=http://host:port`` (or ``endpoint_url=``) points the store at an
@@ -40,8 +41,15 @@ RESUMABLE_THRESHOLD = 5 << 20
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
 
 
+#: Variables that Google's serverless platforms set, where the sandbox may hide the DMI name
+#: but a metadata server answers (Cloud Run services and jobs, Cloud Functions, App Engine).
+_SERVERLESS_VARIABLES = ("K_SERVICE", "CLOUD_RUN_JOB", "FUNCTION_TARGET", "GAE_ENV")
+
+
 def _on_google_cloud() -> bool:
     if os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT"):
+        return True
+    if any(os.environ.get(name) for name in _SERVERLESS_VARIABLES):
         return True
     try:
         return Path(DMI_PRODUCT_NAME).read_text().startswith("Google")

@@ -44,6 +44,10 @@ def no_google(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "STORAGE_EMULATOR_HOST",
         "GCE_METADATA_HOST",
         "GCE_METADATA_ROOT",
+        "K_SERVICE",
+        "CLOUD_RUN_JOB",
+        "FUNCTION_TARGET",
+        "GAE_ENV",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
@@ -84,6 +88,9 @@ async def test_gcs_finds_application_default_credentials_and_google_cloud(
     (tmp_path / "product_name").write_text("Google Compute Engine\n")
     assert store._missing_credentials() is None  # on Google Cloud: the metadata server
     (tmp_path / "product_name").unlink()
+    monkeypatch.setenv("K_SERVICE", "trainer")  # Cloud Run: a metadata server, whatever DMI says
+    assert store._missing_credentials() is None
+    monkeypatch.delenv("K_SERVICE")
     (tmp_path / "gcloud").mkdir()
     (tmp_path / "gcloud" / "application_default_credentials.json").write_text("{}")
     assert store._missing_credentials() is None
