@@ -80,6 +80,7 @@ def run_cp(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             concurrency=args.concurrency,
             on_bytes=bar.update,
+            on_total=bar.set_total,
         )
     files = stored_files(index)
     size = sum(info.bytes for info in files)

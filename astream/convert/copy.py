@@ -110,11 +110,14 @@ async def _copy(
     overwrite: bool,
     concurrency: int,
     on_bytes: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
 ) -> DatasetIndex:
     src = open_store(src_url)
     dst = open_store(dst_url)
     try:
         data, index = await read_index(src)
+        if on_total is not None:
+            on_total(sum(info.bytes for info in stored_files(index)))
         if not overwrite and await dst.exists(INDEX_BASENAME):
             raise FileExistsError(
                 f"{dst.join(INDEX_BASENAME)} already exists (pass --overwrite to replace it)"
@@ -139,6 +142,7 @@ def copy_dataset(
     overwrite: bool = False,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_bytes: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> DatasetIndex:
     """Copy the dataset at ``src`` to ``dst`` (any store URLs or local paths).
 
@@ -147,10 +151,18 @@ def copy_dataset(
 
     :param overwrite: replace a dataset already at ``dst`` (else refuse).
     :param on_bytes: called with each copied file's size (for progress).
-    :raises ObjectNotFoundError: when ``src`` holds no ``index.json``.
+    :param on_total: called once with the bytes to copy, when the index has been read.
+    :raises DatasetNotFoundError: when ``src`` holds no ``index.json``.
     :raises FileExistsError: when ``dst`` holds one and ``overwrite`` is false.
     :raises StorageError: when a file is missing or its size differs from the index.
     """
     return io_loop().run(
-        _copy(src, dst, overwrite=overwrite, concurrency=concurrency, on_bytes=on_bytes)
+        _copy(
+            src,
+            dst,
+            overwrite=overwrite,
+            concurrency=concurrency,
+            on_bytes=on_bytes,
+            on_total=on_total,
+        )
     )

@@ -206,3 +206,20 @@ def test_counts_are_singular_for_one(run: Run, tmp_path: Path) -> None:
     assert "(1 file)" in run("ls", tmp_path / "single").out
     assert ": 1 shard, sizes only" in run("verify", tmp_path / "one").out
     assert run("cp", tmp_path / "one", tmp_path / "two").out.startswith("copied 2 files")
+
+
+def test_cp_reports_its_total_before_copying(dataset: Path, tmp_path: Path) -> None:
+    from astream.convert import copy_dataset
+
+    events: list[tuple[str, int]] = []
+    copy_dataset(
+        str(dataset),
+        str(tmp_path / "copy"),
+        on_bytes=lambda size: events.append(("bytes", size)),
+        on_total=lambda total: events.append(("total", total)),
+    )
+    assert events[0][0] == "total"
+    assert events[0][1] == sum(size for kind, size in events if kind == "bytes")
+    assert events[0][1] == sum(p.stat().st_size for p in dataset.iterdir()) - len(
+        (dataset / "index.json").read_bytes()
+    )
