@@ -621,7 +621,7 @@ class XSVWriter(_UploadingWriter, _format.LocalXSVWriter):
         )
 
 
-class _FixedSeparatorWriter(_UploadingWriter, _format.LocalXSVWriter):
+class _UploadingFixedSeparatorWriter(_UploadingWriter, _format.LocalXSVWriter):
     """CSV and TSV: an XSV writer whose format implies the separator."""
 
     def __init__(
@@ -656,7 +656,7 @@ class _FixedSeparatorWriter(_UploadingWriter, _format.LocalXSVWriter):
         )
 
 
-class CSVWriter(_FixedSeparatorWriter, _format.LocalCSVWriter):
+class CSVWriter(_UploadingFixedSeparatorWriter, _format.LocalCSVWriter):
     """Write CSV shards (separator ``,``) to a local directory or a store.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.
@@ -666,7 +666,7 @@ class CSVWriter(_FixedSeparatorWriter, _format.LocalCSVWriter):
     """
 
 
-class TSVWriter(_FixedSeparatorWriter, _format.LocalTSVWriter):
+class TSVWriter(_UploadingFixedSeparatorWriter, _format.LocalTSVWriter):
     """Write TSV shards (separator tab) to a local directory or a store.
 
     :param columns: column name -> ``"str"``, ``"int"`` or ``"float"``.

@@ -498,7 +498,7 @@ class LocalXSVWriter(_SplitWriter):
         return (self.separator.join(self.column_names) + self.newline).encode("utf-8")
 
 
-class _FixedSeparatorWriter(LocalXSVWriter):
+class _LocalFixedSeparatorWriter(LocalXSVWriter):
     """An XSV writer whose format implies the separator (not recorded in the index)."""
 
     fixed_separator: ClassVar[str] = ","
@@ -521,14 +521,14 @@ class _FixedSeparatorWriter(LocalXSVWriter):
         return config
 
 
-class LocalCSVWriter(_FixedSeparatorWriter):
+class LocalCSVWriter(_LocalFixedSeparatorWriter):
     """Write CSV shards (separator ``,``); see :class:`LocalXSVWriter`."""
 
     format = "csv"
     fixed_separator = ","
 
 
-class LocalTSVWriter(_FixedSeparatorWriter):
+class LocalTSVWriter(_LocalFixedSeparatorWriter):
     """Write TSV shards (separator tab); see :class:`LocalXSVWriter`."""
 
     format = "tsv"
