@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -66,14 +67,30 @@ Out = PathLike | tuple[PathLike, str]
 _W = TypeVar("_W", bound="_UploadingWriter")
 
 
-#: Folder of the system temp dir that holds the temporary directories of remote-only writers.
+#: Folder of the system temp dir (suffixed ``-<uid>``) that holds the temporary directories of
+#: remote-only writers.
 SCRATCH_FOLDER = "astream-writers"
+
+
+def _scratch_parent() -> Path:
+    """``<tempdir>/astream-writers-<uid>``: this user's own folder, never one planted by another
+    user of a shared temp dir (a symlink or someone else's folder is refused)."""
+    parent = Path(tempfile.gettempdir()) / f"{SCRATCH_FOLDER}-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        parent.mkdir(mode=0o700)
+    info = os.lstat(parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(
+            f"{parent} is not a folder of this user's; remove it (or set TMPDIR) so that "
+            "writers can keep their temporary files there"
+        )
+    return parent
 
 
 class _Scratch:
     """The temporary local directory of a writer whose ``out`` is only a remote URL.
 
-    It lives in ``<tempdir>/astream-writers/astream-writer-<token>`` beside a lock file
+    It lives in ``<tempdir>/astream-writers-<uid>/astream-writer-<token>`` beside a lock file
     ``astream-writer-<token>.lock`` that its writer holds (``flock``) for its whole life. The
     kernel drops the lock when the process dies, even by SIGKILL, so the next writer to start
     finds directories whose lock it can take and removes them: a killed writer's files last
@@ -82,8 +99,7 @@ class _Scratch:
     """
 
     def __init__(self) -> None:
-        parent = Path(tempfile.gettempdir()) / SCRATCH_FOLDER
-        parent.mkdir(mode=0o700, exist_ok=True)
+        parent = _scratch_parent()
         _remove_orphans(parent)
         while True:
             name = f"astream-writer-{secrets.token_hex(6)}"

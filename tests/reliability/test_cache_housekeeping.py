@@ -73,7 +73,7 @@ def test_a_cache_over_its_limit_is_trimmed_when_a_run_starts(tmp_path: Path) -> 
 
 
 def _scratch_dirs(tmp: Path) -> list[str]:
-    folder = tmp / SCRATCH_FOLDER
+    folder = tmp / f"{SCRATCH_FOLDER}-{os.getuid()}"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
@@ -97,7 +97,7 @@ def test_killed_remote_writers_leave_folders_the_next_writer_removes(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = _scratch_dirs(tmp)
     assert len(left) == 2 and left[0].startswith("astream-writer-"), left  # folder + lock
-    assert any((tmp / SCRATCH_FOLDER / left[0]).iterdir())
+    assert any((tmp / f"{SCRATCH_FOLDER}-{os.getuid()}" / left[0]).iterdir())
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     live = MDSWriter(out=(tmp_path / "remote2").as_uri(), columns={"x": "bytes"})
@@ -113,3 +113,18 @@ def test_killed_remote_writers_leave_folders_the_next_writer_removes(
     finally:
         live.finish()
     assert _scratch_dirs(tmp) == []
+
+
+def test_a_planted_scratch_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Another user of a shared temp dir makes the folder a symlink to one of theirs.
+    (tmp / f"{SCRATCH_FOLDER}-{os.getuid()}").symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    with pytest.raises(PermissionError, match="not a folder of this user's"):
+        MDSWriter(out=(tmp_path / "remote").as_uri(), columns={"x": "bytes"})
+    assert list(elsewhere.iterdir()) == []
