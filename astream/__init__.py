@@ -11,9 +11,12 @@ from typing import Any
 
 from astream.errors import (
     AstreamError,
+    CacheConflictError,
     CacheError,
+    CacheLimitError,
     ConfigError,
     DatasetNotFoundError,
+    EmptyDatasetError,
     EncodingError,
     FormatError,
     IndexFormatError,
@@ -35,6 +38,8 @@ __version__ = "0.1.0.dev0"
 _LAZY: dict[str, str] = {
     "StreamingDataset": "astream.dataset",
     "Stream": "astream.stream",
+    "streams_registry": "astream.stream",
+    "LocalDataset": "astream.local",
     "StreamingDataLoader": "astream.loader",
     "Prefetcher": "astream.prefetcher",
     "EngineStatistics": "astream.engine.fetch",
@@ -60,9 +65,12 @@ _LAZY: dict[str, str] = {
 
 __all__ = (
     "AstreamError",
+    "CacheConflictError",
     "CacheError",
+    "CacheLimitError",
     "ConfigError",
     "DatasetNotFoundError",
+    "EmptyDatasetError",
     "EncodingError",
     "FormatError",
     "IndexFormatError",

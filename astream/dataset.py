@@ -9,6 +9,7 @@ counters, a fetcher on the process's IO loop) on first use.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import threading
@@ -16,27 +17,37 @@ import warnings
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
-from astream.engine.cache import ShardCache, fetch_index
+from astream.engine.cache import ShardCache, claim_source, fetch_index, folder_bytes
 from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches, remote_bytes
 from astream.engine.loop import io_loop
 from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_sync
 from astream.engine.table import ShardTable, StreamSource
 from astream.engine.working_set import check_cache_plan
 from astream.errors import (
+    CacheLimitError,
     CacheLimitWarning,
     ConfigError,
     DatasetNotFoundError,
-    IndexFormatError,
+    EmptyDatasetError,
     ObjectNotFoundError,
     PlanError,
+    UnsafeTypeError,
+    WorldError,
 )
-from astream.format import DatasetIndex, load_index, open_shard
+from astream.format import DatasetIndex, ShardInfo, get_encoding, load_index, open_shard
 from astream.plan import EpochPlan, OrderConfig, PlanState, StreamWeighting, World, detect_world
+from astream.plan.weights import resample
 from astream.storage import open_store
-from astream.stream import DEFAULT_DOWNLOAD_RETRY, DEFAULT_DOWNLOAD_TIMEOUT, Stream
+from astream.stream import (
+    DEFAULT_DOWNLOAD_RETRY,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    Stream,
+    streams_registry,
+)
 from astream.units import parse_bytes
 
 try:  # torch is an extra: without it the dataset is a plain iterable
@@ -77,8 +88,17 @@ def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     return value
 
 
-async def _load_indexes(sources: Sequence[StreamSource]) -> list[DatasetIndex]:
-    async def one(source: StreamSource) -> DatasetIndex:
+def _source_id(source: StreamSource) -> str:
+    """The remote as a cache directory records it: absolute for a path, no trailing slash."""
+    assert source.remote is not None
+    remote = source.remote.rstrip("/")
+    return remote if "://" in remote else os.path.abspath(remote)
+
+
+async def _load_indexes(
+    sources: Sequence[StreamSource], splits: Sequence[str]
+) -> list[DatasetIndex]:
+    async def one(source: StreamSource, split: str) -> DatasetIndex:
         local_index = source.local / "index.json"
         if source.remote is None:
             if not local_index.is_file():
@@ -86,6 +106,8 @@ async def _load_indexes(sources: Sequence[StreamSource]) -> list[DatasetIndex]:
                     f"no dataset at {source.local}: {local_index} does not exist"
                 )
             return load_index(local_index.read_bytes(), source=str(local_index))
+        # Before the index: a directory that caches another remote must not serve its files.
+        await anyio.to_thread.run_sync(claim_source, source.local, _source_id(source), split)
         store = open_store(source.remote, retry=source.retry, transfer=source.transfer)
         try:
             data = await fetch_index(store, source.local)
@@ -99,7 +121,80 @@ async def _load_indexes(sources: Sequence[StreamSource]) -> list[DatasetIndex]:
             await store.aclose()
         return load_index(data, source=store.join("index.json"))
 
-    return list(await asyncio.gather(*(one(s) for s in sources)))
+    return list(await asyncio.gather(*(one(s, p) for s, p in zip(sources, splits, strict=True))))
+
+
+def sample_keys(key: Any, size: int) -> list[int]:
+    """The sample ids an index key names: an int (negative from the end), a slice, or a
+    sequence or array of ints."""
+    if isinstance(key, slice):
+        return list(range(*key.indices(size)))
+    if isinstance(key, int | np.integer):
+        keys = [int(key)]
+    else:
+        array = np.asarray(key)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"dataset indices must be integers, got {array.dtype}")
+        keys = [int(k) for k in array.reshape(-1)]
+    out = []
+    for k in keys:
+        if not -size <= k < size:
+            raise IndexError(f"sample index {k} out of range for {size} samples")
+        out.append(k + size if k < 0 else k)
+    return out
+
+
+def _check_replication(replication: int | None) -> int | None:
+    if replication is None:
+        return None
+    if isinstance(replication, bool) or not isinstance(replication, int) or replication < 1:
+        raise WorldError(f"replication must be a positive int, got {replication!r}")
+    return replication
+
+
+def _window_shards_at_once(window: WindowConfig) -> int:
+    """Shards one worker holds on disk at once: those its open readers pin, and those it
+    downloads (which cannot be evicted either). A conservative bound; the engine's own figure
+    replaces it when the prefetch window exposes one."""
+    return window.open_shards + min(window.max_downloads, window.shards)
+
+
+#: Bytes of astream's own files per shard in use (its LRU stamp) and per cache directory (its
+#: source record), counted by ``cache_limit`` like every other byte of the directory.
+_STAMP_BYTES = 256
+_RECORD_BYTES = 512
+
+
+def cache_limit_minimum(table: ShardTable, window: WindowConfig) -> int:
+    """The smallest dataset-wide ``cache_limit`` that holds, in each cached stream's directory,
+    its ``index.json``, astream's own files, and the shards one worker needs at once (each at
+    its raw plus compressed size, as both exist while it decompresses).
+
+    A dataset-wide limit is split between streams by their size (:func:`make_caches`), so the
+    minimum is the largest of each stream's need scaled by its share.
+    """
+    totals = [0] * len(table.sources)
+    largest = [0] * len(table.sources)
+    for k, shard in enumerate(table.shards):
+        stream = int(table.shard_stream[k])
+        peak = shard.raw.bytes + (shard.zip.bytes if shard.zip else 0)
+        totals[stream] += peak  # as make_caches sizes each stream's share
+        if shard.raw_meta is not None:
+            peak += shard.raw_meta.bytes + (shard.zip_meta.bytes if shard.zip_meta else 0)
+        largest[stream] = max(largest[stream], peak)
+    whole = sum(totals) or 1
+    at_once = _window_shards_at_once(window)
+    minimum = 0
+    for stream, source in enumerate(table.sources):
+        if source.remote is None:
+            continue  # a local dataset is never evicted: no limit applies to it
+        try:
+            index_bytes = os.stat(source.local / "index.json").st_size
+        except FileNotFoundError:
+            index_bytes = 0
+        need = index_bytes + _RECORD_BYTES + at_once * (largest[stream] + _STAMP_BYTES)
+        minimum = max(minimum, -(-need * whole // max(totals[stream], 1)))
+    return minimum
 
 
 class _Runtime:
@@ -190,20 +285,14 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         shuffle_block_size: int | None = None,
         batching_method: str = "random",
         allow_unsafe_types: bool = False,
+        replication: int | None = None,
+        stream_name: str = "stream",
+        stream_config: dict[str, Any] | None = None,
         prefetch_shards: int = 4,
         prefetch_bytes: int | str = "1gb",
         max_downloads: int = 4,
     ) -> None:
-        if streams:
-            if remote is not None or local is not None:
-                raise ConfigError("give either streams or remote/local, not both")
-            stream_list = list(streams)
-        else:
-            if remote is None and local is None:
-                raise ConfigError("StreamingDataset needs remote, local or streams")
-            stream_list = [Stream(remote=remote, local=local, split=split)]
-        if any(not isinstance(s, Stream) for s in stream_list):
-            raise ConfigError("streams must be astream.Stream objects")
+        stream_list = self._build_streams(streams, remote, local, split, stream_name, stream_config)
         defaults = {
             "download_retry": download_retry,
             "download_timeout": download_timeout,
@@ -222,26 +311,27 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if predownload is not None and predownload < 0:
             raise ConfigError(f"predownload must be >= 0, got {predownload}")
+        self.replication = _check_replication(replication)
+        self.predownload = predownload if predownload is not None else 8 * (batch_size or 8)
         self.window = WindowConfig(
             shards=prefetch_shards,
             bytes=parse_bytes(prefetch_bytes),
             samples=predownload if predownload is not None else 8 * (batch_size or 1),
             max_downloads=max_downloads,
         )
-        self.table = ShardTable(sources, _run_blocking(_load_indexes(sources)))
+        splits = [s.split for s in stream_list]
+        self.table = ShardTable(sources, _run_blocking(_load_indexes(sources, splits)))
         weights = []
         for index, stream in enumerate(stream_list):
             # Empty shards stay in: the shard shuffles draw them, as mosaicml-streaming's do.
             sizes = self.table.stream_shard_sizes(index)
             if not any(sizes):
                 where = sources[index].remote or sources[index].local
-                raise IndexFormatError(f"stream {index} ({where}) has no samples")
+                raise EmptyDatasetError(f"stream {index} ({where}) has no samples")
+            proportion, repeat, choose = stream.given_weights
             weights.append(
                 StreamWeighting(
-                    shard_sizes=sizes,
-                    proportion=stream.proportion,
-                    repeat=stream.repeat,
-                    choose=stream.choose,
+                    shard_sizes=sizes, proportion=proportion, repeat=repeat, choose=choose
                 )
             )
         self._config = OrderConfig(
@@ -259,6 +349,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             batching_method=batching_method,  # type: ignore[arg-type]
         )
         self.plan = EpochPlan(self._config)
+        self._check_at_construction()
         if shuffle and self.cache_limit is not None:
             self._check_cache_plan(self.cache_limit)
         self._next_epoch = 0
@@ -284,6 +375,114 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         )
         if not found.fits:
             warnings.warn(found.message, CacheLimitWarning, stacklevel=3)
+
+    # -- construction: streams, checks and warnings as mosaicml-streaming makes them --------
+
+    @staticmethod
+    def _build_streams(
+        streams: Sequence[Stream] | None,
+        remote: str | os.PathLike[str] | None,
+        local: str | os.PathLike[str] | None,
+        split: str | None,
+        stream_name: str,
+        stream_config: dict[str, Any] | None,
+    ) -> list[Stream]:
+        """The dataset's streams: those given (with the dataset's ``split`` where they have
+        none), or one built by ``streams_registry[stream_name]`` from ``remote``/``local``."""
+        if streams:
+            if remote is not None or local is not None:
+                raise ConfigError("give either streams or remote/local, not both")
+            stream_list = list(streams)
+            if any(not isinstance(s, Stream) for s in stream_list):
+                raise ConfigError("streams must be astream.Stream objects")
+            for stream in stream_list:
+                if split and not stream.split:
+                    stream.split = split
+            return stream_list
+        if remote is None and local is None:
+            raise ConfigError("StreamingDataset needs remote, local or streams")
+        config = dict(stream_config or {})
+        config.update(remote=remote, local=local, split=split)
+        stream = streams_registry.get(stream_name)(**config)
+        if not isinstance(stream, Stream):
+            raise ConfigError(
+                f"streams_registry[{stream_name!r}] made a {type(stream).__name__}, "
+                "not an astream.Stream"
+            )
+        return [stream]
+
+    def _check_at_construction(self) -> None:
+        weights = self.plan.weights
+        for index, stream in enumerate(self.streams):
+            choose = int(weights.choose[index])
+            samples = sum(self.table.stream_shard_sizes(index))  # > 0: checked above
+            stream.set_resolved_weights(float(weights.proportion[index]), choose / samples, choose)
+        if not self.allow_unsafe_types:
+            self._check_unsafe_columns()
+        if self.cache_limit is not None:
+            minimum = cache_limit_minimum(self.table, self.window)
+            if self.cache_limit < minimum:
+                raise CacheLimitError(
+                    f"cache_limit={self.cache_limit} bytes cannot hold each stream's index.json "
+                    f"and the {_window_shards_at_once(self.window)} shards one worker holds at "
+                    f"once (its open and downloading shards): the minimum is {minimum} bytes. "
+                    "Raise cache_limit (or lower prefetch_shards/max_downloads)"
+                )
+        self._warn_like_reference()
+
+    def _check_unsafe_columns(self) -> None:
+        """Refuse ``pkl`` columns now, not at the first sample (as mosaicml-streaming does)."""
+        seen: set[str] = set()
+        for shard in self.table.shards:
+            if shard.format != "mds":
+                continue
+            for name, spec in zip(shard.column_names, shard.column_encodings, strict=False):
+                if spec in seen:
+                    continue
+                seen.add(spec)
+                try:
+                    safe = get_encoding(spec).safe
+                except Exception:
+                    continue  # an unknown encoding: named when its shard is opened
+                if not safe:
+                    raise UnsafeTypeError(
+                        f"column {name!r} uses the unsafe encoding {spec!r} (reading it can run "
+                        "code); pass allow_unsafe_types=True if you trust this dataset"
+                    )
+
+    def _warn_like_reference(self) -> None:
+        """mosaicml-streaming's warnings about settings that work but read slowly or poorly."""
+        config = self._config
+        if config.batch_size is not None and self.predownload < config.batch_size:
+            warnings.warn(
+                f"predownload < batch_size ({self.predownload} < {config.batch_size}): each "
+                "batch may wait for its shards; set predownload to at least batch_size",
+                UserWarning,
+                stacklevel=3,
+            )
+        if config.shuffle and config.shuffle_algo == "py1e":
+            try:
+                world = self._world()
+            except WorldError:
+                world = World()  # raised again, with its reason, when iterating
+            block = self.plan.resolved_shuffle_block_size(world)
+            largest = max(shard.samples for shard in self.table.shards)
+            if largest > block:
+                warnings.warn(
+                    f"shuffle_block_size={block} is smaller than the largest shard "
+                    f"({largest} samples): such shards are not shuffled with other shards. Set "
+                    "shuffle_block_size to a larger value for a better shuffle",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+    def _world(self) -> World:
+        """This process's world as the order sees it: ``replication`` consecutive ranks share
+        one place (mosaicml-streaming's sequence-parallel replication)."""
+        world = detect_world()
+        if self.replication is None:
+            return world
+        return world.replicate(self.replication)
 
     # -- pickling: the runtime stays in its process ------------------------------------------
 
@@ -335,7 +534,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         """Samples one rank sees per epoch: ``ceil(epoch_size / world_size)``."""
-        return math.ceil(self.epoch_size / detect_world().world_size)
+        return math.ceil(self.epoch_size / self._world().world_size)
 
     # -- epochs and state -------------------------------------------------------------------
 
@@ -372,7 +571,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             (``from_beginning=False``, as :class:`~astream.StreamingDataLoader` counts).
         :param from_beginning: how ``num_samples`` is counted.
         """
-        world = detect_world()
+        world = self._world()
         if self._epoch_start is not None:
             epoch, offset = self._epoch_start
         elif self._resume is not None:
@@ -387,8 +586,20 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
         The next iteration starts at the saved epoch's ``sample_in_epoch``, with the saved run's
         canonical node count, seed and first world, so the remaining samples are exactly those
-        the interrupted run would have seen, whatever the world is now.
+        the interrupted run would have seen, whatever the world is now. A state dict of an
+        earlier epoch than this process has reached rolls the run back to it (mosaicml-streaming
+        ignores such a state and runs its next epoch). One saved before the first batch
+        (mosaicml-streaming writes ``epoch: -1`` then) starts the run from its beginning.
         """
+        if isinstance(obj, dict) and obj.get("epoch") == -1:
+            # Nothing was consumed: mosaicml-streaming ignores the state (seed and canonical
+            # nodes included) and starts at epoch 0.
+            self._resume = None
+            self.plan = EpochPlan(self._config)
+            self._next_epoch = 0
+            self._epoch_start = None
+            self._claimed = None
+            return
         state = EpochPlan.parse_state(obj)
         self._resume = state
         self.plan = EpochPlan(self._config).resumed(state)
@@ -406,7 +617,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[Sample]:
         """This worker's samples of the next epoch (or of the resumed one), in order."""
-        world = detect_world()
+        world = self._world()
         epoch, start = self._begin_epoch()
         ids = self.worker_sample_ids(world, epoch, start)
         return self.iter_ids(ids)
@@ -427,7 +638,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
     def __aiter__(self) -> AsyncIterator[Sample]:
         """``async for``: this process's samples of the next epoch, on the caller's loop."""
-        world = detect_world()
+        world = self._world()
         epoch, start = self._begin_epoch()
         return self.aiter_ids(self.worker_sample_ids(world, epoch, start))
 
@@ -462,22 +673,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     # -- random access ----------------------------------------------------------------------
 
     def _normalise(self, key: Any) -> list[int]:
-        size = self.size
-        if isinstance(key, slice):
-            return list(range(*key.indices(size)))
-        if isinstance(key, int | np.integer):
-            keys = [int(key)]
-        else:
-            array = np.asarray(key)
-            if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-                raise TypeError(f"dataset indices must be integers, got {array.dtype}")
-            keys = [int(k) for k in array.reshape(-1)]
-        out = []
-        for k in keys:
-            if not -size <= k < size:
-                raise IndexError(f"sample index {k} out of range for {size} samples")
-            out.append(k + size if k < 0 else k)
-        return out
+        return sample_keys(key, self.size)
 
     def __getitem__(self, key: Any) -> Any:
         """One sample (int, negative counts from the end) or a list (slice, list, ndarray).
@@ -534,6 +730,132 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
                 return reader[index]
 
         return list(await asyncio.gather(*(one(shard, index) for _, shard, index in wanted)))
+
+    # -- mosaicml-streaming's shard and cache surface ---------------------------------------
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        """Every stream's shards in global order: index records (``samples``, ``raw``, ``zip``,
+        ``compression``, columns), not readers; read samples with ``dataset[i]``."""
+        return self.table.shards
+
+    @property
+    def num_streams(self) -> int:
+        """Streams in the mix."""
+        return len(self.streams)
+
+    @property
+    def shards_per_stream(self) -> NDArray[np.int64]:
+        """Shards of each stream."""
+        first = self.table.stream_first_shard
+        return np.asarray([b - a for a, b in itertools.pairwise(first)], np.int64)
+
+    @property
+    def shard_offset_per_stream(self) -> NDArray[np.int64]:
+        """Global number of each stream's first shard."""
+        return np.asarray(self.table.stream_first_shard[:-1], np.int64)
+
+    @property
+    def samples_per_shard(self) -> NDArray[np.int64]:
+        """Samples in each shard."""
+        return np.asarray([shard.samples for shard in self.table.shards], np.int64)
+
+    @property
+    def sample_offset_per_shard(self) -> NDArray[np.int64]:
+        """Global id of each shard's first sample."""
+        return np.asarray(self.table.sample_offsets[:-1], np.int64)
+
+    @property
+    def stream_per_shard(self) -> NDArray[np.int64]:
+        """The stream of each shard."""
+        return np.asarray(self.table.shard_stream, np.int64)
+
+    @property
+    def samples_per_stream(self) -> NDArray[np.int64]:
+        """Samples in each stream (each once)."""
+        sizes = [sum(self.table.stream_shard_sizes(k)) for k in range(self.num_streams)]
+        return np.asarray(sizes, np.int64)
+
+    def _check_shard(self, shard_id: int) -> int:
+        if isinstance(shard_id, bool) or not isinstance(shard_id, int | np.integer):
+            raise TypeError(f"shard ids are ints, got {shard_id!r}")
+        if not 0 <= shard_id < self.num_shards:
+            raise IndexError(f"shard {shard_id} out of range for {self.num_shards} shards")
+        return int(shard_id)
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Bring shard ``shard_id`` into the local cache (downloaded at most once per node),
+        evicting least recently used shards first when ``cache_limit`` requires it.
+
+        :param blocking: wait until the shard is local; ``False`` starts the download on the IO
+            loop thread and returns at once.
+        """
+        shard = self._check_shard(shard_id)
+        runtime = self._rt()
+        if blocking:
+            runtime.loop.run(runtime.fetcher.fetch_shard(shard))
+        else:
+            runtime.loop.submit(runtime.fetcher.fetch_shard(shard))
+
+    def evict_shard(self, shard_id: int) -> None:
+        """Delete shard ``shard_id``'s files from the local cache now.
+
+        :raises CacheError: another process is reading or downloading the shard, or its stream
+            has no remote (its directory is the dataset itself).
+        """
+        shard = self._check_shard(shard_id)
+        self.close()  # this process's own readers pin shards
+        self._process_state()[1][int(self.table.shard_stream[shard])].evict_one(
+            self.table.shards[shard]
+        )
+
+    def evict_coldest_shard(self) -> None:
+        """Evict the least recently used shard on local disk that no process is using.
+
+        :raises CacheLimitError: no shard can be evicted (none is local, or all are in use);
+            a ``ValueError``, as mosaicml-streaming raises.
+        """
+        self.close()
+        caches = self._process_state()[1]
+        candidates = [
+            (coldest, index)
+            for index, cache in enumerate(caches)
+            if cache.evictable and (coldest := cache.coldest()) is not None
+        ]
+        for _, index in sorted(candidates):
+            if caches[index].evict_coldest():
+                return
+        raise CacheLimitError(
+            "no shard to evict: none is on local disk, or every one is in use "
+            "(cache_limit may be too low)"
+        )
+
+    @property
+    def cache_usage(self) -> int:
+        """Bytes every stream's local directory holds now: shards, indexes and astream's own
+        files (what ``cache_limit`` bounds)."""
+        return sum(folder_bytes(cache.root) for cache in self._process_state()[1])
+
+    def resample_streams(
+        self, epoch: int, stream_id: int | None = None
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The weighted epoch before shuffling, as mosaicml-streaming's ``resample_streams``.
+
+        :param epoch: the epoch (seeds the sampling of fractional repeats).
+        :param stream_id: one stream only; ``None`` for every stream.
+        :returns: ``(shuffle_units, sample_ids)``: the size of each shuffle unit (a whole copy of
+            a shard or a sampled part of it), and the sample ids they hold, in order.
+        """
+        if stream_id is None:
+            streams = list(range(self.num_streams))
+        elif not 0 <= stream_id < self.num_streams:
+            raise IndexError(f"stream {stream_id} out of range for {self.num_streams} streams")
+        else:
+            streams = [stream_id]
+        laid = resample(self.plan.config, self.plan.weights, streams, epoch)
+        ids = laid.to_sample_ids(np.arange(laid.size, dtype=np.int64))
+        units: NDArray[np.int64] = laid.unit_sizes.astype(np.int64)
+        return units, ids
 
     def close(self) -> None:
         """Close this process's open shard readers (the IO loop closes at exit by itself)."""

@@ -5,23 +5,30 @@
     AstreamError
     ├── FormatError (ValueError)            bad bytes or metadata on disk or in memory
     │   ├── IndexFormatError                an index.json that is malformed or hostile
+    │   │   └── EmptyDatasetError (RuntimeError)  an index (or a stream) with no samples
     │   ├── ShardCorruptError               a shard that is truncated, tampered or fails its hash
     │   ├── EncodingError                   a value that does not fit its column's encoding
     │   └── UnsafeTypeError                 a pickled column read without allow_unsafe_types
     ├── MissingDependencyError (ImportError)  an optional package (codec, SDK) is not installed
     ├── StorageError (OSError)              talking to a store failed
     │   ├── ObjectNotFoundError (FileNotFoundError)   the object or prefix does not exist
-    │   │   └── DatasetNotFoundError        no dataset (no index.json) at a folder or URL
+    │   │   └── DatasetNotFoundError (RuntimeError)  no dataset (no index.json) at a folder or URL
     │   ├── StoragePermissionError (PermissionError)  403 and the like; never retried
     │   ├── StorageTimeoutError (TimeoutError)        connect or read timed out, after retries
     │   └── UnsupportedSchemeError          no store is registered for the URL's scheme
     ├── CacheError (OSError)                the node-local cache cannot hold what is asked
+    │   ├── CacheLimitError (ValueError)    cache_limit too small for what must be on disk at once
+    │   └── CacheConflictError (ValueError) a local dir that caches another remote or split
     ├── ConfigError (ValueError)            an argument or setting astream cannot use
     ├── WorldError (ValueError)             rank/world settings that contradict each other
     └── PlanError (ValueError)              order parameters that cannot produce an epoch
 
 One warning: ``CacheLimitWarning`` (an ``AstreamError`` and a ``UserWarning``), when a shuffle's
 working set cannot fit ``cache_limit`` (shards would be downloaded again and again).
+
+Where mosaicml-streaming raises a builtin for the same condition, astream's class derives from
+that builtin too (named in parentheses), so code that catches mosaicml-streaming's errors
+catches astream's.
 
 SDK and HTTP errors are translated where they cross a backend boundary, with
 ``raise ... from exc`` so the original stays attached as ``__cause__``.
@@ -34,10 +41,13 @@ from __future__ import annotations
 
 __all__ = [
     "AstreamError",
+    "CacheConflictError",
     "CacheError",
+    "CacheLimitError",
     "CacheLimitWarning",
     "ConfigError",
     "DatasetNotFoundError",
+    "EmptyDatasetError",
     "EncodingError",
     "FormatError",
     "IndexFormatError",
@@ -85,6 +95,10 @@ class UnsafeTypeError(FormatError):
     """A column encoding (``pkl``) that can run code on read, refused unless allowed."""
 
 
+class EmptyDatasetError(IndexFormatError, RuntimeError):
+    """An index with no shards, or a stream whose shards hold no samples."""
+
+
 class MissingDependencyError(AstreamError, ImportError):
     """An optional package is needed; the message names the extra that installs it."""
 
@@ -97,7 +111,7 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The object or prefix does not exist in the store."""
 
 
-class DatasetNotFoundError(ObjectNotFoundError):
+class DatasetNotFoundError(ObjectNotFoundError, RuntimeError):
     """No dataset at a local folder or store URL: its ``index.json`` does not exist.
 
     The message always reads ``no dataset at WHERE: WHERE/index.json does not exist``.
@@ -118,6 +132,14 @@ class UnsupportedSchemeError(StorageError):
 
 class CacheError(AstreamError, OSError):
     """The node-local cache cannot hold what is asked (limit too small, disk full)."""
+
+
+class CacheLimitError(CacheError, ValueError):
+    """``cache_limit`` cannot hold what must be on disk at once (the message says the minimum)."""
+
+
+class CacheConflictError(CacheError, ValueError):
+    """A ``local`` directory that already caches another remote (or split) than the one given."""
 
 
 class ConfigError(AstreamError, ValueError):

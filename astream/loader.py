@@ -50,6 +50,19 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        dataset = self.dataset
+        if (
+            isinstance(dataset, StreamingDataset)
+            and self.num_workers > 0
+            and dataset.batch_size is None
+        ):
+            # Each worker's share of the order is cut in batches of the dataset's batch_size:
+            # without it, batches mix workers' samples and a resume is not exact.
+            raise ConfigError(
+                "StreamingDataLoader with num_workers > 0 needs the dataset's batch_size: "
+                f"pass batch_size={self.batch_size} to StreamingDataset too (the "
+                "per-device batch size, the same as the loader's)"
+            )
         self.num_samples_yielded = 0
         # The (epoch, start) handed to the running persistent workers, if any.
         self._workers_claim: tuple[int, int] | None = None
@@ -90,6 +103,9 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
         if not isinstance(self.dataset, StreamingDataset):
             return None
         num_samples = self.num_samples_yielded * detect_world().world_size
+        if self.dataset.replication is not None:
+            # Replicated ranks yield the same samples: count each group once.
+            num_samples //= self.dataset.replication
         return self.dataset.state_dict(num_samples, from_beginning=False)
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ Layout under ``root``::
     shard.00000.mds.zstd            compressed files, only with keep_zip (or already there)
     .shard.00000.mds.astream-tmp-*  a download or decompression in progress (or killed)
     .astream/cache.lock             serialises evictors
+    .astream/source.json            the remote (and split) this directory caches (claim_source)
+    .astream/source.lock            serialises claims
     .astream/index-*.lock           one per index file name
     .astream/locks/<shard>.lock     one per shard: exclusive to download or evict it, shared to
                                     read it (a "pin")
@@ -49,14 +51,28 @@ from typing import Any
 import anyio.to_thread
 
 from astream.engine._locks import FileLock
-from astream.errors import AstreamError, CacheError, FormatError, ShardCorruptError
+from astream.errors import (
+    AstreamError,
+    CacheConflictError,
+    CacheError,
+    CacheLimitError,
+    FormatError,
+    ShardCorruptError,
+)
 from astream.format.codecs import decompress_file
 from astream.format.hashing import hash_file
 from astream.format.index import META_DIR, FileInfo, ShardInfo, check_basename
 from astream.storage.base import ProgressCallback, Store
 from astream.units import parse_bytes
 
-__all__ = ["CacheStatistics", "ShardCache", "ShardPin", "fetch_index"]
+__all__ = [
+    "CacheStatistics",
+    "ShardCache",
+    "ShardPin",
+    "claim_source",
+    "fetch_index",
+    "folder_bytes",
+]
 
 _META_DIR = META_DIR
 # Marker of temporary files, as LocalStore's atomic writes use: a dot-file beside its target.
@@ -66,6 +82,9 @@ _TMP_MARKER = ".astream-tmp-"
 _ACQUIRE_TRIES = 4
 # A stamp lists a shard's few file names; anything much larger was not written by a cache.
 _MAX_STAMP_BYTES = 1 << 16
+# Room a fetch makes beyond the shard's files for the LRU stamp it writes (a few dozen bytes),
+# since the limit counts every byte of the directory.
+_STAMP_ALLOWANCE = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,6 +167,17 @@ def _remove_temps(final: Path) -> None:
     for entry in entries:
         if entry.name.startswith(prefix):
             _unlink(Path(entry.path))
+
+
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under ``root``: shards, the index, temporary files, astream's own
+    metadata and anything else the directory holds (what ``cache_limit`` bounds)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 def _file_pairs(shard: ShardInfo) -> list[tuple[FileInfo, FileInfo | None]]:
@@ -352,7 +382,7 @@ class ShardCache:
                         _remove_temps(self.root / info.basename)
             if self.evictable and self.limit is not None:
                 await anyio.to_thread.run_sync(
-                    self._evict, self._bytes_needed(shard), shard.raw.basename
+                    self._evict, self._bytes_needed(shard) + _STAMP_ALLOWANCE, shard.raw.basename
                 )
             for raw, zip_info in _file_pairs(shard):
                 is_data = raw is shard.raw
@@ -554,7 +584,7 @@ class ShardCache:
             if self.is_ready(shard):
                 return pin
             pin.release()  # evicted between fetch and pin: fetch again
-        raise CacheError(
+        raise CacheLimitError(
             f"shard {shard.raw.basename} was evicted from {self.root} {_ACQUIRE_TRIES} times "
             f"right after it was fetched; cache_limit={self.limit} is too small for the shards "
             "in use at once: raise cache_limit"
@@ -633,8 +663,12 @@ class ShardCache:
         return entries
 
     def usage(self) -> int:
-        """Bytes of shard files in the cache (locks, stamps, temporary files and the index
-        excluded). Counts shards this cache fetched or used; files nobody touched are not seen."""
+        """Bytes of every file in the cache directory: shards, the index, temporary files,
+        astream's own metadata and anything else it holds (what ``limit`` bounds)."""
+        return folder_bytes(self.root)
+
+    def shard_usage(self) -> int:
+        """Bytes of the shards this cache fetched or used (their stamped files only)."""
         return sum(size for *_, size in self._entries())
 
     # -- eviction ------------------------------------------------------------------------------
@@ -673,14 +707,15 @@ class ShardCache:
             return 0
         what = f"shard {for_shard}" if for_shard else "the request"
         if needed > limit:
-            raise CacheError(
+            raise CacheLimitError(
                 f"{what} needs {needed} bytes on disk, more than cache_limit={limit} bytes at "
                 f"{self.root}: raise cache_limit"
             )
         self._ensure_dirs()
         with FileLock.acquire(self._meta / "cache.lock"):
             entries = self._entries()
-            usage = sum(size for *_, size in entries)
+            # Every byte of the directory counts, not only the shards that can be evicted.
+            usage = folder_bytes(self.root)
             freed = 0
             # Oldest stamp first; the name breaks ties so the order is the same in every process.
             for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
@@ -702,12 +737,74 @@ class ShardCache:
                 if size:
                     self._count(evictions=1, bytes_evicted=size)
             if usage + needed > limit:
-                raise CacheError(
+                raise CacheLimitError(
                     f"cannot make room for {what} ({needed} bytes) in {self.root}: "
-                    f"cache_limit={limit} bytes, {usage} bytes in use by shards that are pinned "
-                    "or downloading: raise cache_limit"
+                    f"cache_limit={limit} bytes, {usage} bytes in use by the index, astream's "
+                    "files and shards that are pinned or downloading: raise cache_limit"
                 )
             return freed
+
+    def evict_one(self, shard: ShardInfo) -> int:
+        """Delete one shard's files now (mosaicml-streaming's ``evict_shard``).
+
+        :returns: bytes freed (0 when the shard was not on disk).
+        :raises CacheError: the directory is the dataset itself (no remote), or a process is
+            reading or downloading the shard.
+        """
+        if not self.evictable:
+            raise CacheError(
+                f"{self.root} is the dataset itself (its stream has no remote): its shards are "
+                "never evicted"
+            )
+        self._ensure_dirs()
+        lock = FileLock.try_acquire(self._lock_path(shard))
+        if lock is None:
+            raise CacheError(
+                f"shard {shard.raw.basename} in {self.root} is being read or downloaded; it "
+                "cannot be evicted now"
+            )
+        with lock:
+            freed = 0
+            for raw, zip_info in _file_pairs(shard):
+                for info in (raw, zip_info):
+                    if info is None:
+                        continue
+                    path = self.root / info.basename
+                    if not self._inside(path):
+                        continue  # a symlinked folder on the way: not ours to delete
+                    with contextlib.suppress(FileNotFoundError):
+                        freed += os.stat(path).st_size
+                        _unlink(path)
+            _unlink(self._stamp_path(shard))
+        if freed:
+            self._count(evictions=1, bytes_evicted=freed)
+        return freed
+
+    def coldest(self) -> tuple[int, str] | None:
+        """``(last use ns, stamp name)`` of the least recently used shard on disk, if any."""
+        entries = [(mtime, name) for mtime, name, _, size in self._entries() if size]
+        return min(entries) if entries else None
+
+    def evict_coldest(self) -> int:
+        """Evict the least recently used shard that no process holds; bytes freed (0: none)."""
+        if not self.evictable:
+            return 0
+        self._ensure_dirs()
+        with FileLock.acquire(self._meta / "cache.lock"):
+            for _, name, files, size in sorted(self._entries(), key=lambda e: (e[0], e[1])):
+                if not size:
+                    continue
+                lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
+                if lock is None:
+                    continue
+                with lock:
+                    for path in files:
+                        if self._inside(path):
+                            _unlink(path)
+                    _unlink(self._meta / "shards" / name)
+                self._count(evictions=1, bytes_evicted=size)
+                return size
+        return 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -764,3 +861,43 @@ async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json
         return data
     finally:
         lock.release()
+
+
+def claim_source(root: Path | str, remote: str, split: str = "") -> None:
+    """Record that ``root`` caches ``remote`` (with ``split``), or check that it already does.
+
+    The record (``.astream/source.json``) outlives the process, so a later run, another job or
+    another process of the node that points a dataset of another remote at the same directory
+    is refused rather than served the first one's shards. A directory without a record (a cache
+    of an earlier astream, or of mosaicml-streaming) is adopted by its first claim.
+
+    :raises CacheConflictError: ``root`` caches another remote or split; names both.
+    """
+    meta = Path(root) / _META_DIR
+    meta.mkdir(parents=True, exist_ok=True)
+    record = meta / "source.json"
+    wanted = {"remote": remote, "split": split}
+    with FileLock.acquire(meta / "source.lock"):
+        try:
+            with open(record, encoding="utf-8") as handle:
+                held = json.load(handle)
+        except FileNotFoundError:
+            held = None
+        except ValueError:
+            held = None  # not ours (it is renamed into place whole): claim the directory
+        if isinstance(held, dict) and "remote" in held:
+            if held.get("remote") != remote or held.get("split", "") != split:
+                theirs = held.get("remote")
+                raise CacheConflictError(
+                    f"local directory {root} already caches remote {theirs!r} "
+                    f"(split {held.get('split', '')!r}); this dataset's remote is {remote!r} "
+                    f"(split {split!r}). Give this dataset another local directory (or delete "
+                    f"{root} to reuse it)"
+                )
+            return
+        tmp = _temp_name(record)
+        try:
+            tmp.write_text(json.dumps(wanted), encoding="utf-8")
+            os.replace(tmp, record)
+        finally:
+            _unlink(tmp)

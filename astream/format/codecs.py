@@ -134,14 +134,16 @@ def _gzip_compress(data: bytes | memoryview, level: int) -> bytes:
     return header + body + trailer
 
 
-def compress(spec: str, data: bytes | memoryview) -> bytes:
-    """Compress ``data`` with the codec ``spec`` names.
+def compress(spec: str | None, data: bytes | memoryview) -> bytes:
+    """Compress ``data`` with the codec ``spec`` names (``None``: ``data`` as it is).
 
     gzip output has a zero timestamp, so the same input always gives the same bytes.
 
     :raises ConfigError: for an unknown spelling.
     :raises MissingDependencyError: when the codec's package is not installed.
     """
+    if spec is None:
+        return bytes(data)
     codec = parse_compression(spec)
     level = codec.level
     if codec.family == "zstd":
@@ -159,13 +161,15 @@ def compress(spec: str, data: bytes | memoryview) -> bytes:
     return bytes(snappy.compress(bytes(data)))
 
 
-def decompress(spec: str, data: bytes | memoryview, *, source: str = "<bytes>") -> bytes:
-    """Decompress ``data`` compressed with the codec ``spec`` names.
+def decompress(spec: str | None, data: bytes | memoryview, *, source: str = "<bytes>") -> bytes:
+    """Decompress ``data`` compressed with the codec ``spec`` names (``None``: ``data`` as it is).
 
     :param source: the file or URL the data came from, named in errors.
     :raises ShardCorruptError: when the data is not valid for the codec.
     :raises MissingDependencyError: when the codec's package is not installed.
     """
+    if spec is None:
+        return bytes(data)
     family = parse_compression(spec).family
     try:
         if family == "zstd":

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from astream.errors import PlanError
 from astream.plan.batching import EpochParams, worker_sample_ids
 from astream.plan.config import OrderConfig, PlanState
-from astream.plan.weights import resolve_weights
+from astream.plan.weights import EpochWeights, resolve_weights
 from astream.plan.world import World
 
 __all__ = ["EpochPlan"]
@@ -68,6 +68,11 @@ class EpochPlan:
     def epoch_size(self) -> int:
         """Samples per epoch after stream weighting."""
         return self._weights.epoch_size
+
+    @property
+    def weights(self) -> EpochWeights:
+        """Each stream's resolved share of an epoch (choose, proportion)."""
+        return self._weights
 
     @property
     def samples_per_stream(self) -> tuple[int, ...]:

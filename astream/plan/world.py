@@ -80,6 +80,33 @@ class World:
             worker=worker,
         )
 
+    def replicate(self, replication: int) -> World:
+        """The world as the order sees it when ``replication`` consecutive ranks get the same
+        samples (sequence or tensor parallelism), as mosaicml-streaming's ``World.replicate``:
+        ranks ``r * replication`` to ``r * replication + replication - 1`` become rank ``r``.
+        The node layout is kept when the fewer ranks still fill whole nodes, else one node.
+
+        :raises WorldError: ``replication`` is not positive or does not divide the world size.
+        """
+        if isinstance(replication, bool) or not isinstance(replication, int) or replication < 1:
+            raise WorldError(f"replication must be a positive int, got {replication!r}")
+        if self.world_size % replication:
+            raise WorldError(
+                f"world size {self.world_size} is not divisible by replication={replication}"
+            )
+        num_ranks = self.world_size // replication
+        rank = self.rank // replication
+        nodes = num_ranks // self.ranks_per_node if num_ranks % self.ranks_per_node == 0 else 1
+        per_node = num_ranks // nodes
+        return World(
+            num_nodes=nodes,
+            ranks_per_node=per_node,
+            node=rank // per_node,
+            rank_in_node=rank % per_node,
+            workers_per_rank=self.workers_per_rank,
+            worker=self.worker,
+        )
+
 
 _ENV_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -127,7 +154,7 @@ def detect_world(env: Mapping[str, str] | None = None) -> World:
 
     The rank and world size come from ``torch.distributed`` when it is importable and
     initialised, else from ``RANK`` and ``WORLD_SIZE``; the node layout from ``LOCAL_RANK`` and
-    ``LOCAL_WORLD_SIZE`` (default: one node holding every rank). When both torch.distributed and
+    ``LOCAL_WORLD_SIZE`` (default, as mosaicml-streaming's: one rank per node). When both torch.distributed and
     the environment give a rank or world size, they must agree. The DataLoader worker comes from
     ``torch.utils.data.get_worker_info()`` (one worker outside a DataLoader worker process).
 
@@ -154,7 +181,12 @@ def detect_world(env: Mapping[str, str] | None = None) -> World:
         raise WorldError(f"WORLD_SIZE={world_size} must be at least 1")
     if rank >= world_size:
         raise WorldError(f"RANK={rank} must be less than WORLD_SIZE={world_size}")
-    local_world_size = values.get("LOCAL_WORLD_SIZE", world_size)
+    if "LOCAL_WORLD_SIZE" not in values:
+        # As mosaicml-streaming: one rank per node (SLURM- or mpirun-style launchers set RANK and
+        # WORLD_SIZE only), so both libraries give every rank the same samples. LOCAL_RANK then
+        # says nothing about the layout and is not checked.
+        values.pop("LOCAL_RANK", None)
+    local_world_size = values.get("LOCAL_WORLD_SIZE", 1)
     if local_world_size < 1:
         raise WorldError(f"LOCAL_WORLD_SIZE={local_world_size} must be at least 1")
     if world_size % local_world_size:

@@ -60,7 +60,7 @@ async def test_fetch_downloads_once_and_counts(remote: Path, local: Path, log: P
     assert downloads(log) == {"shard.00000.mds": 1}
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.bytes_downloaded) == (1, 1, SIZE)
-    assert cache.usage() == SIZE
+    assert cache.shard_usage() == SIZE
     assert temp_files(local) == []
 
 
@@ -229,17 +229,17 @@ async def test_eviction_keeps_usage_under_the_limit_in_lru_order(
     store = CountingStore(remote, log)
     await cache.fetch(store, shards[0])
     await cache.fetch(store, shards[1])
-    assert cache.usage() == 2 * SIZE
+    assert cache.shard_usage() == 2 * SIZE
     cache.touch(shards[0])  # 1 is now the least recently used
     await cache.fetch(store, shards[2])
-    assert cache.usage() <= 25_000
+    assert cache.shard_usage() <= 25_000
     assert [cache.is_ready(s) for s in shards[:3]] == [True, False, True]
 
     # A hit refreshes the stamp too: 2 becomes the oldest.
     await cache.fetch(store, shards[0])
     await cache.fetch(store, shards[3])
     assert [cache.is_ready(s) for s in shards[:4]] == [True, False, False, True]
-    assert cache.usage() <= 25_000
+    assert cache.shard_usage() <= 25_000
     stats = cache.stats()
     assert (stats.evictions, stats.bytes_evicted) == (2, 2 * SIZE)
     assert (remote / "index.json").exists()
@@ -255,10 +255,10 @@ async def test_eviction_removes_kept_compressed_files_and_spares_the_index(
     zip_size = shards[0].zip.bytes  # type: ignore[union-attr]
     cache = ShardCache(local, limit=SIZE + zip_size + SIZE + zip_size + 10)
     await cache.fetch(store, shards[0], keep_zip=True)
-    assert cache.usage() == SIZE + zip_size
+    assert cache.shard_usage() == SIZE + zip_size
     assert cache.evict(cache.limit - SIZE) == SIZE + zip_size  # type: ignore[operator]
     assert sorted(os.listdir(local)) == [".astream", "index.json"]
-    assert cache.usage() == 0
+    assert cache.shard_usage() == 0
 
 
 @pytest.mark.anyio
@@ -266,7 +266,7 @@ async def test_a_pinned_shard_is_not_evicted_and_the_limit_is_an_error(
     remote: Path, local: Path, log: Path
 ) -> None:
     shards = write_dataset(remote, [SIZE] * 3)
-    cache = ShardCache(local, limit=2 * SIZE)
+    cache = ShardCache(local, limit=2 * SIZE + 1024)  # two shards and their stamps
     store = CountingStore(remote, log)
     pin = await cache.acquire(store, shards[0])
     with pin as path:
@@ -293,7 +293,7 @@ async def test_a_pin_does_not_fetch_and_does_not_block_the_fetch_of_others(
     pin = await cache.pin_async(shards[1])
     with pin as path:
         assert path.read_bytes() == shard_bytes(1, SIZE)
-    assert cache.usage() == SIZE  # pinning an absent shard recorded nothing
+    assert cache.shard_usage() == SIZE  # pinning an absent shard recorded nothing
 
 
 @pytest.mark.anyio
@@ -383,7 +383,7 @@ async def test_a_jsonl_shard_brings_its_meta_file(remote: Path, local: Path, log
         ) as reader:
             assert (local / raw.basename).read_bytes() == reader.read()
     assert sorted(downloads(log)) == sorted([shard.zip.basename, shard.zip_meta.basename])  # type: ignore[union-attr]
-    assert cache.usage() == shard.raw.bytes + shard.raw_meta.bytes
+    assert cache.shard_usage() == shard.raw.bytes + shard.raw_meta.bytes
 
 
 @pytest.mark.anyio
@@ -398,3 +398,26 @@ async def test_concurrent_fetches_in_one_process_download_once(
     assert [p.read_bytes() for p in paths] == [shard_bytes(i % 2, SIZE) for i in range(8)]
     stats = cache.stats()
     assert (stats.hits, stats.misses) == (6, 2)
+
+
+def _bytes_under(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.anyio
+async def test_the_limit_counts_every_byte_of_the_directory(
+    remote: Path, local: Path, log: Path
+) -> None:
+    # Room for two shards but not for two shards and the index: the index must make the
+    # second fetch evict the first (mosaicml-streaming counts the index too).
+    shards = write_dataset(remote, [SIZE] * 2)
+    store = CountingStore(remote, log)
+    await fetch_index(store, local)
+    (local / "notes.txt").write_bytes(b"x" * 100)  # anything else in the directory counts too
+    cache = ShardCache(local, limit=2 * SIZE + 100)
+    await cache.fetch(store, shards[0])
+    assert cache.usage() == _bytes_under(local) > SIZE + (local / "index.json").stat().st_size
+    await cache.fetch(store, shards[1])
+    assert [cache.is_ready(s) for s in shards] == [False, True]
+    assert cache.usage() == _bytes_under(local) <= 2 * SIZE + 100
+    assert cache.stats().evictions == 1

@@ -49,9 +49,26 @@ def test_environment_gives_nodes_and_ranks() -> None:
     assert world.rank == 5
 
 
-def test_without_local_world_size_one_node_holds_every_rank() -> None:
+def test_without_local_world_size_each_rank_is_a_node() -> None:
+    # mosaicml-streaming's reading of RANK/WORLD_SIZE alone (SLURM- or mpirun-style launchers).
     world = detect_world({"RANK": "3", "WORLD_SIZE": "4"})
-    assert (world.num_nodes, world.ranks_per_node, world.rank_in_node) == (1, 4, 3)
+    assert (world.num_nodes, world.ranks_per_node, world.node, world.rank_in_node) == (4, 1, 3, 0)
+    assert detect_world({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}) == world
+
+
+def test_replicate_as_the_reference() -> None:
+    world = World(num_nodes=2, ranks_per_node=4, node=1, rank_in_node=3, workers_per_rank=2)
+    # 8 ranks, replication 2: ranks 6 and 7 are rank 3 of 4, on one node of 4 ranks.
+    assert world.replicate(2) == World(
+        num_nodes=1, ranks_per_node=4, node=0, rank_in_node=3, workers_per_rank=2
+    )
+    assert World(num_nodes=2, ranks_per_node=2, node=1, rank_in_node=1).replicate(2) == World(
+        num_nodes=1, ranks_per_node=2, node=0, rank_in_node=1
+    )
+    with pytest.raises(WorldError, match="divisible"):
+        world.replicate(3)
+    with pytest.raises(WorldError, match="positive"):
+        world.replicate(0)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from reliability_data import full_cache, shard_bytes, write_dataset
 
 from astream import StreamingDataset
 from astream.engine.cache import ShardCache
-from astream.errors import CacheError, IndexFormatError
+from astream.errors import CacheError, CacheLimitError, IndexFormatError
 from astream.format.index import check_basename, load_index
 
 
@@ -105,7 +105,9 @@ def test_planted_stamps_delete_nothing_outside_the_cache(tmp_path: Path) -> None
     (shards / "big.json").write_bytes(b" " * (1 << 20))
 
     evictor = ShardCache(cache, limit=1)
-    evictor.evict(0)
+    # The limit counts every byte of the directory: nothing can bring it under 1 byte.
+    with pytest.raises(CacheLimitError):
+        evictor.evict(0)
     evictor.trim()
 
     for path in victims.values():
