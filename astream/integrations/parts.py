@@ -45,8 +45,7 @@ import numpy as np
 
 from astream.engine.loop import io_loop
 from astream.errors import EncodingError, ObjectNotFoundError
-from astream.format import DatasetIndex, get_encoding, load_index
-from astream.format import MDSWriter as LocalMDSWriter
+from astream.format import DatasetIndex, LocalMDSWriter, get_encoding, load_index
 from astream.merge import write_merged_index
 from astream.storage import open_store
 from astream.storage.registry import url_scheme
