@@ -135,7 +135,7 @@ def _stamp_files(name: str, data: bytes) -> list[str] | None:
     """
     try:
         files = json.loads(data)["files"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     raw = urllib.parse.unquote(name.removesuffix(".json"))
     if not isinstance(files, list) or not files:

@@ -355,7 +355,8 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
     """
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: arrays or objects nested thousands deep.
         raise IndexFormatError(f"{source}: not valid JSON: {exc}") from exc
     reader = _Reader(source)
     reader.check(obj, "index", dict)

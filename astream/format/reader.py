@@ -242,7 +242,7 @@ class _JSONLayout(_Layout):
     def decode(self, buf: _Buffer, begin: int, end: int, source: str) -> dict[str, Any]:
         try:
             sample = json.loads(bytes(buf[begin:end]))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
             raise ShardCorruptError(f"{source}: a sample is not valid JSON: {exc}") from exc
         if not isinstance(sample, dict):
             raise ShardCorruptError(f"{source}: a sample is a JSON {type(sample).__name__}")
@@ -460,7 +460,7 @@ def _check_config(info: ShardInfo, data: bytes, source: str) -> None:
     """
     try:
         config = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return
     if not isinstance(config, dict):
         return

@@ -93,3 +93,43 @@ def test_counts_beyond_the_files_are_refused_before_any_allocation(
     (tmp_path / "remote" / "index.json").write_text(json.dumps(index))
     with pytest.raises(IndexFormatError, match=r"shards\[0\]\.(samples|raw_data\.bytes)"):
         StreamingDataset(remote=str(tmp_path / "remote"), local=tmp_path / "cache")
+
+
+def test_json_nested_thousands_deep_is_an_astream_error(tmp_path: Path) -> None:
+    """Found by the soak: json.loads raises RecursionError, which is not a ValueError."""
+    from reliability_data import write_dataset
+
+    from astream.engine.cache import ShardCache
+    from astream.errors import IndexFormatError, ShardCorruptError
+    from astream.format import open_shard
+    from astream.format.index import load_index
+
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(IndexFormatError, match="not valid JSON"):
+        load_index(deep, source="i")
+    # A JSONL sample nested as deep.
+    from astream import JSONLWriter
+
+    with JSONLWriter(out=tmp_path / "jsonl", columns={"a": "str"}) as writer:
+        writer.write({"a": "x"})
+    meta = json.loads((tmp_path / "jsonl" / "index.json").read_text())["shards"][0]
+    data = tmp_path / "jsonl" / meta["raw_data"]["basename"]
+    line = ("[" * 20_000 + "]" * 20_000 + "\n").encode()
+    data.write_bytes(line)
+    meta["raw_data"]["bytes"] = len(line)
+    index = load_index(json.dumps({"version": 2, "shards": [meta]}), source="i")
+    header = (tmp_path / "jsonl" / meta["raw_meta"]["basename"]).read_bytes()
+    (tmp_path / "jsonl" / meta["raw_meta"]["basename"]).write_bytes(
+        header[:8] + len(line).to_bytes(4, "little") + header[12:]
+    )
+    with (
+        open_shard(index.shards[0], tmp_path / "jsonl") as reader,
+        pytest.raises(ShardCorruptError, match="not valid JSON"),
+    ):
+        reader[0]
+    # A planted LRU stamp nested as deep is ignored.
+    write_dataset(tmp_path / "remote", 10)
+    stamps = tmp_path / "cache" / ".astream" / "shards"
+    stamps.mkdir(parents=True)
+    (stamps / "x.json").write_text('{"files": ' + "[" * 30_000 + "]" * 30_000 + "}")
+    assert ShardCache(tmp_path / "cache", limit=1).trim() == 0
