@@ -2,18 +2,23 @@
 
 Construction loads each stream's ``index.json`` (once per node, through the cache directory) and
 resolves the sample order's weights; it starts no thread and holds no session, lock or loop, so
-the dataset pickles into DataLoader workers. Each process builds its engine runtime (caches,
-counters, a fetcher on the process's IO loop) on first use.
+the dataset pickles into DataLoader workers. Constructed inside a running event loop (asyncio or
+trio), it defers that load to first use instead of blocking the loop (see the class docstring).
+Each process builds its engine runtime (caches, counters, a fetcher on the process's IO loop) on
+first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
+import sys
 import threading
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -23,9 +28,16 @@ from numpy.typing import NDArray
 
 from astream.engine.cache import ShardCache, claim_source, fetch_index, folder_bytes
 from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches, remote_bytes
-from astream.engine.loop import io_loop
-from astream.engine.prefetch import ReaderPool, WindowConfig, iter_async, iter_sync
+from astream.engine.loop import IOLoop, io_loop
+from astream.engine.prefetch import (
+    ReaderPool,
+    aiterate,
+    consumer_limits,
+    evicted_error,
+    iter_samples,
+)
 from astream.engine.table import ShardTable, StreamSource
+from astream.engine.window import WindowConfig
 from astream.engine.working_set import check_cache_plan
 from astream.errors import (
     CacheLimitError,
@@ -38,7 +50,7 @@ from astream.errors import (
     UnsafeTypeError,
     WorldError,
 )
-from astream.format import DatasetIndex, ShardInfo, get_encoding, load_index, open_shard
+from astream.format import DatasetIndex, ShardInfo, get_encoding, load_index
 from astream.plan import EpochPlan, OrderConfig, PlanState, StreamWeighting, World, detect_world
 from astream.plan.weights import resample
 from astream.storage import open_store
@@ -59,6 +71,21 @@ __all__ = ["StreamingDataset"]
 
 T = TypeVar("T")
 Sample = dict[str, Any]
+
+# Serialises lazy index loads (a dataset's first use may come from several threads at once).
+_LOAD_LOCK = threading.RLock()
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread is running an event loop (asyncio, or trio when it is imported)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
 def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
@@ -153,10 +180,10 @@ def _check_replication(replication: int | None) -> int | None:
 
 
 def _window_shards_at_once(window: WindowConfig) -> int:
-    """Shards one worker holds on disk at once: those its open readers pin, and those it
-    downloads (which cannot be evicted either). A conservative bound; the engine's own figure
-    replaces it when the prefetch window exposes one."""
-    return window.open_shards + min(window.max_downloads, window.shards)
+    """Shards one worker needs on disk at once: the one it reads (pinned) and the ``shards``
+    fetched ahead of it (see :meth:`WindowConfig.min_cache_bytes`; under a small limit it pins
+    no more than that leaves)."""
+    return 1 + window.shards
 
 
 #: Bytes of astream's own files per shard in use (its LRU stamp) and per cache directory (its
@@ -165,10 +192,12 @@ _STAMP_BYTES = 256
 _RECORD_BYTES = 512
 
 
-def cache_limit_minimum(table: ShardTable, window: WindowConfig) -> int:
+def cache_limit_minimum(table: ShardTable, window: WindowConfig, consumers: int = 1) -> int:
     """The smallest dataset-wide ``cache_limit`` that holds, in each cached stream's directory,
-    its ``index.json``, astream's own files, and the shards one worker needs at once (each at
-    its raw plus compressed size, as both exist while it decompresses).
+    its ``index.json``, astream's own files, and the shards ``consumers`` iterating processes of
+    the node (ranks x DataLoader workers) need at once: each the shard it reads plus
+    ``prefetch_shards`` ahead (:meth:`WindowConfig.min_cache_bytes`), each shard at its raw plus
+    compressed size, as both exist while it decompresses.
 
     A dataset-wide limit is split between streams by their size (:func:`make_caches`), so the
     minimum is the largest of each stream's need scaled by its share.
@@ -192,9 +221,19 @@ def cache_limit_minimum(table: ShardTable, window: WindowConfig) -> int:
             index_bytes = os.stat(source.local / "index.json").st_size
         except FileNotFoundError:
             index_bytes = 0
-        need = index_bytes + _RECORD_BYTES + at_once * (largest[stream] + _STAMP_BYTES)
+        need = index_bytes + _RECORD_BYTES
+        need += max(1, consumers) * at_once * (largest[stream] + _STAMP_BYTES)
         minimum = max(minimum, -(-need * whole // max(totals[stream], 1)))
     return minimum
+
+
+def _release_fetcher(loop: IOLoop, fetcher: Fetcher) -> None:
+    """A dataset's runtime was collected or closed: let the IO loop forget its fetcher and close
+    the fetcher's stores on the loop (so a dataset dropped by its user is collected whole)."""
+    loop.remove_closer(fetcher.aclose)
+    if not loop.closed and loop.pid == os.getpid():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.submit(fetcher.aclose())
 
 
 class _Runtime:
@@ -212,8 +251,14 @@ class _Runtime:
             allow_unsafe_types=dataset.allow_unsafe_types,
         )
         self.loop.add_closer(self.fetcher.aclose)
+        # Holds the loop and the fetcher, never this runtime or its dataset.
+        self.release = weakref.finalize(self, _release_fetcher, self.loop, self.fetcher)
+        self.release.atexit = False  # at exit the loop's own shutdown closes the fetcher
+        keep_open, _ = consumer_limits(
+            dataset.table, dataset.window, self.caches, dataset.cache_limit
+        )
         self.pool = ReaderPool(
-            dataset.table, self.caches, dataset.window.open_shards, dataset.allow_unsafe_types
+            dataset.table, self.caches, min(16, keep_open), dataset.allow_unsafe_types
         )
         self.pool_lock = threading.Lock()
 
@@ -319,52 +364,104 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             samples=predownload if predownload is not None else 8 * (batch_size or 1),
             max_downloads=max_downloads,
         )
-        splits = [s.split for s in stream_list]
-        self.table = ShardTable(sources, _run_blocking(_load_indexes(sources, splits)))
-        weights = []
-        for index, stream in enumerate(stream_list):
-            # Empty shards stay in: the shard shuffles draw them, as mosaicml-streaming's do.
-            sizes = self.table.stream_shard_sizes(index)
-            if not any(sizes):
-                where = sources[index].remote or sources[index].local
-                raise EmptyDatasetError(f"stream {index} ({where}) has no samples")
-            proportion, repeat, choose = stream.given_weights
-            weights.append(
-                StreamWeighting(
-                    shard_sizes=sizes, proportion=proportion, repeat=repeat, choose=choose
-                )
-            )
-        self._config = OrderConfig(
-            streams=tuple(weights),
-            epoch_size=epoch_size,
-            sampling_method=sampling_method,  # type: ignore[arg-type]
-            sampling_granularity=sampling_granularity,
-            partition_algo=partition_algo,  # type: ignore[arg-type]
-            num_canonical_nodes=num_canonical_nodes,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            shuffle_algo=shuffle_algo,  # type: ignore[arg-type]
-            shuffle_seed=shuffle_seed,
-            shuffle_block_size=shuffle_block_size,
-            batching_method=batching_method,  # type: ignore[arg-type]
-        )
-        self.plan = EpochPlan(self._config)
-        self._check_at_construction()
-        if shuffle and self.cache_limit is not None:
-            self._check_cache_plan(self.cache_limit)
+        self._sources = sources
+        self._splits = [s.split for s in stream_list]
+        self._order_args: dict[str, Any] = {
+            "epoch_size": epoch_size,
+            "sampling_method": sampling_method,
+            "sampling_granularity": sampling_granularity,
+            "partition_algo": partition_algo,
+            "num_canonical_nodes": num_canonical_nodes,
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+            "shuffle_algo": shuffle_algo,
+            "shuffle_seed": shuffle_seed,
+            "shuffle_block_size": shuffle_block_size,
+            "batching_method": batching_method,
+        }
+        self._table: ShardTable | None = None
+        self._config: OrderConfig | None = None
+        self._plan: EpochPlan | None = None
         self._next_epoch = 0
         self._resume: PlanState | None = None
+        self._resumed_from: PlanState | None = None  # the plan's, kept past the resume
         # (epoch, first sample) an epoch was started at, by __iter__ or by a StreamingDataLoader
         # in the main process (``_claimed``, handed to its workers by pickling).
         self._epoch_start: tuple[int, int] | None = None
         self._claimed: tuple[int, int] | None = None
         self._runtime: _Runtime | None = None
         self._proc_state: tuple[int, Counters, list[ShardCache]] | None = None
+        if not _in_event_loop():
+            self._load()
+
+    # -- the index: loaded at construction, or on first use inside an event loop ----------
+
+    def _load(self) -> None:
+        """Load the indexes, build the order and run the construction checks (blocking; once)."""
+        with _LOAD_LOCK:
+            if self._table is not None:
+                return
+            sources = self._sources
+            table = ShardTable(sources, _run_blocking(_load_indexes(sources, self._splits)))
+            weights = []
+            for index, stream in enumerate(self.streams):
+                # Empty shards stay in: the shard shuffles draw them, as mosaicml-streaming's do.
+                sizes = table.stream_shard_sizes(index)
+                if not any(sizes):
+                    where = sources[index].remote or sources[index].local
+                    raise EmptyDatasetError(f"stream {index} ({where}) has no samples")
+                proportion, repeat, choose = stream.given_weights
+                weights.append(
+                    StreamWeighting(
+                        shard_sizes=sizes, proportion=proportion, repeat=repeat, choose=choose
+                    )
+                )
+            config = OrderConfig(streams=tuple(weights), **self._order_args)
+            plan = EpochPlan(config)
+            if self._resumed_from is not None:
+                plan = plan.resumed(self._resumed_from)
+            self._config, self._plan, self._table = config, plan, table
+            self._check_at_construction()
+            if self._order_args["shuffle"] and self.cache_limit is not None:
+                self._check_cache_plan(self.cache_limit)
+
+    async def load(self) -> StreamingDataset:
+        """Load the streams' indexes now, in a worker thread: ``await dataset.load()``.
+
+        Inside a running event loop (asyncio or trio) the constructor does not download the
+        indexes, so that it never blocks the loop: ``async for`` loads them in a worker thread
+        by itself, and so does this method. A synchronous accessor that needs them first
+        (``len()``, :attr:`size`, :attr:`table`, :attr:`plan`, ``dataset[i]``,
+        :meth:`state_dict`, ``for``) loads them synchronously, blocking the loop meanwhile.
+        Outside a loop the constructor has loaded them already and this returns at once.
+
+        :returns: the dataset itself.
+        """
+        if self._table is None:
+            await anyio.to_thread.run_sync(self._load)
+        return self
+
+    @property
+    def table(self) -> ShardTable:
+        """Every shard of every stream (loads the indexes if not yet loaded, see :meth:`load`)."""
+        if self._table is None:
+            self._load()
+        assert self._table is not None
+        return self._table
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The sample order (loads the indexes if not yet loaded, see :meth:`load`)."""
+        if self._plan is None:
+            self._load()
+        assert self._plan is not None
+        return self._plan
 
     def _check_cache_plan(self, cache_limit: int) -> None:
         """Warn when the shuffle's working set per node cannot fit ``cache_limit``."""
         if all(source.remote is None for source in self.table.sources):
             return
+        assert self._config is not None  # loaded with the table
         found = check_cache_plan(
             self.table,
             self._config,
@@ -374,7 +471,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             window_shards=self.window.shards,
         )
         if not found.fits:
-            warnings.warn(found.message, CacheLimitWarning, stacklevel=3)
+            warnings.warn(found.message, CacheLimitWarning, stacklevel=4)
 
     # -- construction: streams, checks and warnings as mosaicml-streaming makes them --------
 
@@ -452,7 +549,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
 
     def _warn_like_reference(self) -> None:
         """mosaicml-streaming's warnings about settings that work but read slowly or poorly."""
-        config = self._config
+        config = self.plan.config
         if config.batch_size is not None and self.predownload < config.batch_size:
             warnings.warn(
                 f"predownload < batch_size ({self.predownload} < {config.batch_size}): each "
@@ -487,6 +584,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     # -- pickling: the runtime stays in its process ------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        self._load()  # workers get the index with the dataset rather than each loading it
         state = dict(self.__dict__)
         state["_runtime"] = None
         state["_proc_state"] = None
@@ -594,15 +692,17 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         if isinstance(obj, dict) and obj.get("epoch") == -1:
             # Nothing was consumed: mosaicml-streaming ignores the state (seed and canonical
             # nodes included) and starts at epoch 0.
-            self._resume = None
-            self.plan = EpochPlan(self._config)
+            self._resume = self._resumed_from = None
+            if self._config is not None:
+                self._plan = EpochPlan(self._config)
             self._next_epoch = 0
             self._epoch_start = None
             self._claimed = None
             return
         state = EpochPlan.parse_state(obj)
-        self._resume = state
-        self.plan = EpochPlan(self._config).resumed(state)
+        self._resume = self._resumed_from = state
+        if self._config is not None:
+            self._plan = EpochPlan(self._config).resumed(state)
         self._next_epoch = state.epoch
         self._epoch_start = None
         self._claimed = None
@@ -625,7 +725,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     def iter_ids(self, ids: Sequence[int] | NDArray[Any]) -> Iterator[Sample]:
         """Samples ``ids`` in the given order, fetched ahead on the IO loop thread."""
         runtime = self._rt()
-        return iter_sync(
+        return iter_samples(
             ids,
             table=self.table,
             fetcher=runtime.fetcher,
@@ -634,37 +734,26 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             counters=runtime.counters,
             window=self.window,
             allow_unsafe_types=self.allow_unsafe_types,
+            cache_share=self._cache_share(),
         )
+
+    def _cache_share(self) -> int | None:
+        """Bytes of ``cache_limit`` one consumer of this node may fill (ranks x workers share
+        it), or ``None`` when nothing is evictable."""
+        if self.cache_limit is None or all(s.remote is None for s in self._sources):
+            return None
+        world = detect_world()
+        return self.cache_limit // (world.ranks_per_node * world.workers_per_rank)
 
     def __aiter__(self) -> AsyncIterator[Sample]:
-        """``async for``: this process's samples of the next epoch, on the caller's loop."""
-        world = self._world()
-        epoch, start = self._begin_epoch()
-        return self.aiter_ids(self.worker_sample_ids(world, epoch, start))
+        """``async for``: this process's samples of the next epoch, never blocking the loop.
 
-    async def aiter_ids(self, ids: Sequence[int] | NDArray[Any]) -> AsyncIterator[Sample]:
-        """Samples ``ids`` in the given order, fetched on the running loop with no thread."""
-        counters, caches = self._process_state()
-        fetcher = Fetcher(
-            self.table,
-            caches,
-            counters,
-            max_downloads=self.window.max_downloads,
-            allow_unsafe_types=self.allow_unsafe_types,
-        )
-        try:
-            async for sample in iter_async(
-                ids,
-                table=self.table,
-                fetcher=fetcher,
-                caches=caches,
-                counters=counters,
-                window=self.window,
-                allow_unsafe_types=self.allow_unsafe_types,
-            ):
-                yield sample
-        finally:
-            await fetcher.aclose()
+        Runs the same iterator as ``for`` in worker threads (``anyio.to_thread``), on asyncio
+        or trio, handing samples over in batches: loading the index (when the dataset was built
+        inside the loop), planning the epoch, waiting for shards, opening and decoding them
+        all happen off the caller's loop. The epoch is claimed at the first ``__anext__``.
+        """
+        return aiterate(self.__iter__)
 
     def statistics(self) -> EngineStatistics:
         """A frozen snapshot of this process's engine counters for this dataset."""
@@ -694,40 +783,50 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         return result
 
     def get_items(self, ids: Sequence[int]) -> list[Sample]:
-        """Samples by global id, fetched concurrently where not local."""
+        """Samples by global id, fetched concurrently where not local.
+
+        With ``validate_hash`` no sample is range-read: its shard is fetched whole and checked
+        first, as for iteration.
+        """
         runtime = self._rt()
         out: list[Sample | None] = [None] * len(ids)
         remote: list[tuple[int, int, int]] = []
         with runtime.pool_lock:
             for slot, sample_id in enumerate(ids):
                 shard, index = self.table.locate_one(sample_id)
-                reader = runtime.pool.get(shard) or runtime.pool.try_open(shard)
+                reader = runtime.pool.get(shard)
                 if reader is not None:
                     out[slot] = reader[index]
                 else:
                     remote.append((slot, shard, index))
         if remote:
             fetched = runtime.loop.run(self._fetch_items(runtime.fetcher, remote))
-            for (slot, _, _), sample in zip(remote, fetched, strict=True):
+            whole: list[tuple[int, int, int]] = []
+            for (slot, shard, index), sample in zip(remote, fetched, strict=True):
+                if sample is None:
+                    whole.append((slot, shard, index))
                 out[slot] = sample
+            # Shards fetched whole are opened here, in the caller's thread (pins may block).
+            with runtime.pool_lock:
+                for slot, shard, index in whole:
+                    reader = runtime.pool.get(shard)
+                    if reader is None:
+                        raise evicted_error(self.table, shard)
+                    out[slot] = reader[index]
         runtime.counters.add("samples", len(ids))
         return [s for s in out if s is not None]
 
+    @staticmethod
     async def _fetch_items(
-        self, fetcher: Fetcher, wanted: list[tuple[int, int, int]]
-    ) -> list[Sample]:
-        async def one(shard: int, index: int) -> Sample:
+        fetcher: Fetcher, wanted: list[tuple[int, int, int]]
+    ) -> list[Sample | None]:
+        """Range-read what can be; fetch the other shards whole (``None`` for their samples)."""
+
+        async def one(shard: int, index: int) -> Sample | None:
             sample = await fetcher.read_sample(shard, index)
-            if sample is not None:
-                return sample
-            await fetcher.fetch_shard(shard)
-            info = self.table.shards[shard]
-            root = fetcher.cache_of(shard).directory_of(info)
-            with (
-                fetcher.cache_of(shard).pin(info),
-                open_shard(info, root, allow_unsafe_types=self.allow_unsafe_types) as reader,
-            ):
-                return reader[index]
+            if sample is None:
+                await fetcher.fetch_shard(shard)
+            return sample
 
         return list(await asyncio.gather(*(one(shard, index) for _, shard, index in wanted)))
 
@@ -858,11 +957,16 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         return units, ids
 
     def close(self) -> None:
-        """Close this process's open shard readers (the IO loop closes at exit by itself)."""
-        runtime = self._runtime
+        """Close this process's open shard readers and its stores (on the IO loop).
+
+        The dataset stays usable: its next use opens what it needs again. A dataset dropped
+        without ``close()`` is released the same way when it is garbage collected.
+        """
+        runtime, self._runtime = self._runtime, None
         if runtime is not None and runtime.pid == os.getpid():
             with runtime.pool_lock:
                 runtime.pool.close()
+            runtime.release()
 
     def __repr__(self) -> str:
         return (

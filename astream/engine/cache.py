@@ -740,7 +740,9 @@ class ShardCache:
                 raise CacheLimitError(
                     f"cannot make room for {what} ({needed} bytes) in {self.root}: "
                     f"cache_limit={limit} bytes, {usage} bytes in use by the index, astream's "
-                    "files and shards that are pinned or downloading: raise cache_limit"
+                    "files and shards that are pinned or downloading: raise cache_limit (the "
+                    "minimum: the index plus, per consumer of the node, 1 + prefetch_shards "
+                    "times the largest shard; see astream.dataset.cache_limit_minimum)"
                 )
             return freed
 

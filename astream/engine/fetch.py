@@ -277,11 +277,12 @@ class Fetcher:
     async def read_sample(self, shard: int, index: int) -> dict[str, Any] | None:
         """One sample by range requests, without the whole shard; ``None`` when impossible.
 
-        Only uncompressed shards can be range-read (a compressed file has no sample offsets):
+        Only uncompressed shards can be range-read (a compressed file has no sample offsets),
+        and only without ``validate_hash`` (a range cannot be checked against the file's hash):
         the caller fetches the whole shard then. The shard's offsets are read once and kept.
         """
         info = self.table.shards[shard]
-        if info.zip is not None:
+        if info.zip is not None or self.table.sources[self.table.shard_stream[shard]].validate_hash:
             return None
         offsets = await self._offsets_of(shard)
         start, end = int(offsets[index]), int(offsets[index + 1])

@@ -104,8 +104,17 @@ class IOLoop:
             raise
 
     def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
-        """Run ``await closer()`` on the loop when it shuts down (closes sessions, clients)."""
+        """Run ``await closer()`` on the loop when it shuts down (closes sessions, clients).
+
+        The loop holds ``closer`` (and what it refers to) until then: an owner that goes away
+        before the loop must take it back with :meth:`remove_closer`, or it is never collected.
+        """
         self._closers.append(closer)
+
+    def remove_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Forget a closer given to :meth:`add_closer` (compared by ``==``); no-op if absent."""
+        with contextlib.suppress(ValueError):
+            self._closers.remove(closer)
 
     @staticmethod
     async def _close_one(closer: Callable[[], Awaitable[None]], timeout: float) -> None:

@@ -1,35 +1,45 @@
-"""The prefetch window: samples in a given order, with their shards fetched ahead.
+"""The prefetch window's driver: samples in a given order, with their shards fetched ahead.
 
-Given a sequence of sample ids, the shards they live in are fetched in the order they are first
-needed, a bounded window ahead of the consumer (at most ``shards`` shards and ``bytes`` bytes
-beyond the one being read). The consumer decodes samples from local files, holding each open shard
-pinned in the cache so eviction cannot pull it away.
+:func:`iter_samples` is the one implementation of the window, a plain generator. Given sample
+ids, it fetches the shards they live in in the order they are first needed, a bounded window
+ahead of the consumer (:class:`~astream.engine.window.WindowPlan` says what and when), and
+decodes samples from local files. Downloads run on the process's IO loop thread; the generator
+waits on their futures, one handoff per shard.
 
-For an uncompressed MDS shard that this process is downloading, samples are served as soon as
-their bytes land: the download writes ranges in place into a temporary file, and the consumer
-reads the offsets table and the sample's range from that file once they are covered (the file
-descriptor stays valid across the final rename). So the first sample of a cold epoch waits for
-one part, not the whole shard.
+- **Open shards.** Every shard the ids still need stays open (mapped, and pinned in an evictable
+  cache so that eviction cannot pull it away) until its last use, within the bound of
+  :func:`~astream.engine.window.open_limit`; past it, the shard needed furthest ahead closes
+  first. Reading a sample of an open shard is a list lookup and a decode.
+- **Read while downloading.** For an uncompressed MDS shard that this process is downloading,
+  samples are served as soon as their bytes land: the download writes ranges in place into a
+  temporary file, and the consumer reads the shard header (checked by the same function as
+  :func:`~astream.format.open_shard`) and each sample's range from that file once they are
+  covered (the descriptor stays valid across the final rename). Never with ``validate_hash``:
+  then no sample of a shard is read before its hash has been verified.
 
-The sync driver runs downloads on the process's IO loop thread and waits on futures, one handoff
-per shard; the async driver runs the same coroutines on the caller's loop, with no thread.
+:func:`aiterate` drives any such iterator from ``async for`` on asyncio or trio: each hop runs
+the generator in a worker thread (``anyio.to_thread``) for a batch of samples (at most
+:data:`HOP_SAMPLES`, or :data:`HOP_SECONDS` of work), so planning, shard opening, lock waits and
+decoding never run on the caller's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import concurrent.futures
 import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
@@ -37,7 +47,8 @@ from astream.engine.cache import ShardCache, ShardPin
 from astream.engine.fetch import Counters, Fetcher
 from astream.engine.loop import IOLoop
 from astream.engine.table import ShardTable
-from astream.errors import CacheError, ConfigError
+from astream.engine.window import WindowConfig, WindowPlan, open_limit, shard_footprint
+from astream.errors import CacheError
 from astream.format import (
     ShardReader,
     decode_sample,
@@ -47,77 +58,25 @@ from astream.format import (
     payload_basename,
 )
 
-__all__ = ["ReaderPool", "WindowConfig", "iter_async", "iter_sync"]
+__all__ = [
+    "HOP_SAMPLES",
+    "HOP_SECONDS",
+    "ReaderPool",
+    "ThreadedAsyncIterator",
+    "WindowConfig",
+    "aiterate",
+    "iter_samples",
+]
 
 Sample = dict[str, Any]
+T = TypeVar("T")
 
-
-@dataclass(frozen=True, kw_only=True)
-class WindowConfig:
-    """How far ahead of the consumer shards are fetched.
-
-    :param shards: shards fetched ahead of the one being read.
-    :param bytes: bytes (as fetched: compressed sizes) ahead of the one being read.
-    :param samples: also fetch every shard needed within this many samples ahead
-        (mosaicml-streaming's ``predownload``), still bounded by ``bytes``.
-    :param max_downloads: shards downloading at once in this process.
-    :param open_shards: shards kept open (and pinned) by the consumer.
-    """
-
-    shards: int = 4
-    bytes: int = 1 << 30
-    samples: int = 0
-    max_downloads: int = 4
-    open_shards: int = 16
-
-    def __post_init__(self) -> None:
-        for name in ("shards", "bytes", "max_downloads", "open_shards"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"WindowConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.samples < 0:
-            raise ConfigError(f"WindowConfig.samples must be >= 0, got {self.samples}")
-
-
-class _Schedule:
-    """Which shards to start fetching as the consumer advances (pure bookkeeping)."""
-
-    def __init__(
-        self, shard_of: NDArray[np.int64], fetch_bytes: NDArray[np.int64], cfg: WindowConfig
-    ):
-        uniq, first = np.unique(shard_of, return_index=True)
-        by_need = np.argsort(first, kind="stable")
-        #: Shards in the order they are first needed, and the position where each is.
-        self.order: NDArray[np.int64] = uniq[by_need]
-        self.first: NDArray[np.int64] = first[by_need].astype(np.int64)
-        self.cum_bytes: NDArray[np.int64] = np.zeros(len(self.order) + 1, dtype=np.int64)
-        np.cumsum(fetch_bytes[self.order], out=self.cum_bytes[1:])
-        self.cfg = cfg
-        self.started = 0
-
-    def reached(self, pos: int) -> int:
-        """How many shards (in need order) are needed at or before ``pos``."""
-        return int(np.searchsorted(self.first, pos, side="right"))
-
-    def due(self, pos: int) -> NDArray[np.int64]:
-        """Shards to start now that the consumer is at ``pos`` (each returned once)."""
-        reached = self.reached(pos)
-        limit = reached + self.cfg.shards
-        if self.cfg.samples:
-            limit = max(limit, self.reached(pos + self.cfg.samples))
-        # Byte budget for the shards ahead: at least one ahead, whatever its size.
-        budget = int(self.cum_bytes[reached]) + self.cfg.bytes
-        by_bytes = int(np.searchsorted(self.cum_bytes, budget, side="right")) - 1
-        limit = min(limit, max(by_bytes, reached + 1), len(self.order))
-        limit = max(limit, reached)
-        if limit <= self.started:
-            return self.order[:0]
-        out = self.order[self.started : limit]
-        self.started = limit
-        return out
-
-    def depth(self, pos: int) -> int:
-        """Shards started ahead of the consumer."""
-        return max(0, self.started - self.reached(pos))
+#: Most samples one ``async for`` hop takes from the worker thread.
+HOP_SAMPLES = 256
+#: Seconds of work after which a hop hands its samples over, even if fewer than HOP_SAMPLES.
+HOP_SECONDS = 0.002
+#: Positions converted to Python lists at a time (bounds the memory of a long epoch's lists).
+_CHUNK = 16384
 
 
 class _Partial:
@@ -185,8 +144,30 @@ class _Partial:
             os.close(fd)
 
 
+def _open_cached(
+    table: ShardTable, caches: list[ShardCache], shard: int, allow_unsafe_types: bool
+) -> tuple[ShardReader, ShardPin] | None:
+    """Pin and open ``shard`` if it is in the cache; ``None`` if it is not (evicted).
+
+    Blocks the calling thread while another process downloads or evicts the shard: call it from
+    the consumer's thread (a worker thread for ``async for``), never on an event loop.
+    """
+    info = table.shards[shard]
+    cache = caches[int(table.shard_stream[shard])]
+    pin = cache.pin(info)
+    try:
+        if not cache.is_ready(info):
+            pin.release()
+            return None
+        reader = open_shard(info, cache.directory_of(info), allow_unsafe_types=allow_unsafe_types)
+        return reader, pin
+    except BaseException:
+        pin.release()
+        raise
+
+
 class ReaderPool:
-    """Open shard readers, least recently used first out; each holds a cache pin."""
+    """Open shard readers for random access, least recently used first out; each holds a pin."""
 
     def __init__(
         self, table: ShardTable, caches: list[ShardCache], capacity: int, allow_unsafe_types: bool
@@ -195,70 +176,48 @@ class ReaderPool:
         self.caches = caches
         self.capacity = capacity
         self.allow_unsafe_types = allow_unsafe_types
-        self._open: OrderedDict[int, tuple[ShardReader, contextlib.ExitStack]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[ShardReader, ShardPin]] = OrderedDict()
 
     def get(self, shard: int) -> ShardReader | None:
-        """The open reader of ``shard``, if any."""
+        """The reader of ``shard``, opened from the cache if it is there; else ``None``."""
         entry = self._open.get(shard)
+        if entry is not None:
+            self._open.move_to_end(shard)
+            return entry[0]
+        entry = _open_cached(self.table, self.caches, shard, self.allow_unsafe_types)
         if entry is None:
             return None
-        self._open.move_to_end(shard)
-        return entry[0]
-
-    def try_open(self, shard: int) -> ShardReader | None:
-        """Pin and open ``shard`` if it is in the cache; ``None`` if it is not (evicted).
-
-        Blocks the calling thread while another process downloads or evicts the shard: call it
-        from the consumer's thread, never on an event loop (see :meth:`try_open_async`).
-        """
-        cache = self.caches[int(self.table.shard_stream[shard])]
-        return self._open_pinned(shard, cache.pin(self.table.shards[shard]))
-
-    async def try_open_async(self, shard: int) -> ShardReader | None:
-        """:meth:`try_open` for an event loop: waits for the pin without blocking the loop."""
-        cache = self.caches[int(self.table.shard_stream[shard])]
-        return self._open_pinned(shard, await cache.pin_async(self.table.shards[shard]))
-
-    def _open_pinned(self, shard: int, pin: ShardPin) -> ShardReader | None:
-        info = self.table.shards[shard]
-        cache = self.caches[int(self.table.shard_stream[shard])]
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(pin)
-            if not cache.is_ready(info):
-                stack.close()
-                return None
-            reader = open_shard(
-                info, cache.directory_of(info), allow_unsafe_types=self.allow_unsafe_types
-            )
-            stack.callback(reader.close)
-        except BaseException:
-            stack.close()
-            raise
-        self._open[shard] = (reader, stack)
+        self._open[shard] = entry
         while len(self._open) > self.capacity:
-            _, (_, old) = self._open.popitem(last=False)
-            old.close()
-        return reader
+            _, (reader, pin) = self._open.popitem(last=False)
+            reader.close()
+            pin.release()
+        return entry[0]
 
     def close(self) -> None:
         """Close every reader and drop its pin."""
         while self._open:
-            _, (_, stack) = self._open.popitem(last=False)
-            stack.close()
+            _, (reader, pin) = self._open.popitem(last=False)
+            reader.close()
+            pin.release()
 
 
-def _evicted_error(table: ShardTable, shard: int) -> CacheError:
+def evicted_error(table: ShardTable, shard: int) -> CacheError:
+    """The error of a shard evicted again and again between its fetch and its pin."""
     return CacheError(
         f"shard {table.shards[shard].raw.basename} was evicted from the cache three times "
-        "before it could be read; raise cache_limit or shrink the prefetch window"
+        "before it could be read; raise cache_limit (see WindowConfig.min_cache_bytes) or "
+        "shrink the prefetch window"
     )
 
 
 def _partial_ok(table: ShardTable, shard: int) -> bool:
-    """Whether samples of ``shard`` can be read while it downloads (uncompressed MDS)."""
+    """Whether samples of ``shard`` can be read while it downloads: an uncompressed MDS shard
+    whose stream does not ask for a hash check (a sample must never be served before it)."""
     info = table.shards[shard]
     if info.zip is not None or info.format != "mds":
+        return False
+    if table.sources[int(table.shard_stream[shard])].validate_hash is not None:
         return False
     return offsets_range(info)[0] == payload_basename(info) == info.raw.basename
 
@@ -299,7 +258,27 @@ _SETTLE_TIMEOUT = 10.0
 _LANDED_TIMEOUT = 5.0
 
 
-def iter_sync(
+def consumer_limits(
+    table: ShardTable, window: WindowConfig, caches: list[ShardCache], cache_share: int | None
+) -> tuple[int, int | None]:
+    """(most shards kept open, byte bound ahead or ``None``) for one consumer.
+
+    ``cache_share``: the bytes of ``cache_limit`` this consumer may fill (the limit divided by
+    the node's consumers), or ``None`` without a limit. Within it, the consumer fetches at most
+    ``shards`` of the largest shards' bytes ahead and keeps open what is left after those and
+    one more, at least the shard it reads.
+    """
+    keep_open = open_limit(pinned=any(c.evictable for c in caches), configured=window.open_shards)
+    if cache_share is None or not table.shards:
+        return keep_open, None
+    largest = int(shard_footprint(table).max()) or 1
+    # The share holds: the open (pinned) shards, the shards fetched ahead (each possibly still
+    # downloading: unevictable too) and one more being made room for.
+    keep_open = min(keep_open, max(1, cache_share // largest - window.shards - 1))
+    return keep_open, min(window.bytes, max(1, window.shards) * largest)
+
+
+def iter_samples(
     ids: Any,
     *,
     table: ShardTable,
@@ -309,17 +288,27 @@ def iter_sync(
     counters: Counters,
     window: WindowConfig,
     allow_unsafe_types: bool = False,
+    cache_share: int | None = None,
 ) -> Iterator[Sample]:
-    """Yield the samples ``ids`` in order, fetching on ``loop``'s thread, decoding here."""
+    """Yield the samples ``ids`` in order, fetching on ``loop``'s thread, decoding here.
+
+    :param cache_share: bytes of ``cache_limit`` this consumer may fill (see
+        :func:`consumer_limits`), ``None`` without a limit.
+    """
     array = _prepared(ids, table)
     if not len(array):
         return
     shard_of, within = table.locate(array)
-    schedule = _Schedule(shard_of, table.fetch_bytes, window)
+    keep_open, ahead_bytes = consumer_limits(table, window, caches, cache_share)
+    plan = WindowPlan(shard_of, table.fetch_bytes, window, ahead_bytes=ahead_bytes)
     futures: dict[int, concurrent.futures.Future[Path]] = {}
     running: set[asyncio.Task[Any]] = set()  # touched on the loop thread only
     partials: dict[int, _Partial] = {}
-    pool = ReaderPool(table, caches, window.open_shards, allow_unsafe_types)
+    # The open shards: reader by shard (a list: the per-sample lookup), their pins, and for
+    # each open shard other than the current one, the next position that needs it.
+    readers: list[ShardReader | None] = [None] * len(table.shards)
+    pins: dict[int, ShardPin] = {}
+    next_need: dict[int, int] = {}
 
     def start(shard: int) -> None:
         partial = None
@@ -348,8 +337,8 @@ def iter_sync(
     def early(shard: int, index: int) -> Sample | None:
         """A sample of a shard still downloading, if its bytes have landed."""
         partial = partials.get(shard)
-        future = futures[shard]
-        if partial is None or future.done():
+        future = futures.get(shard)
+        if partial is None or future is None or future.done():
             return None
         info = table.shards[shard]
         began = time.perf_counter()
@@ -357,6 +346,12 @@ def iter_sync(
             if partial.offsets is None:
                 _, lo, hi = offsets_range(info)
                 data = partial.wait_read(lo, hi, future)
+                if data is None:
+                    return None
+                # The header check open_shard makes (sample count, offsets in order and in
+                # bounds, the recorded config), before anything of the shard is served.
+                first = int(parse_offsets(info, data)[0])
+                data = partial.wait_read(0, max(first, hi), future)
                 if data is None:
                     return None
                 partial.offsets = parse_offsets(info, data)
@@ -368,44 +363,74 @@ def iter_sync(
             return None
         return decode_sample(info, payload, allow_unsafe_types=allow_unsafe_types)
 
+    def close(shard: int) -> None:
+        reader, readers[shard] = readers[shard], None
+        next_need.pop(shard, None)
+        pin = pins.pop(shard, None)
+        if reader is not None:
+            reader.close()
+        if pin is not None:
+            pin.release()
+
     def open_reader(shard: int) -> ShardReader:
+        if len(pins) >= keep_open:
+            # Belady: close the open shard needed furthest ahead.
+            close(max(pins, key=lambda s: next_need.get(s, 1 << 62)))
         for _ in range(3):
-            wait(futures[shard])
+            future = futures.get(shard)
+            if future is None:
+                future = futures[shard] = loop.submit(_tracked(fetcher.fetch_shard(shard), running))
+            wait(future)
             partial = partials.pop(shard, None)
             if partial is not None:
                 partial.close()
-            reader = pool.get(shard) or pool.try_open(shard)
-            if reader is not None:
-                return reader
-            # Evicted between its download and our pin (a cache too small for the window):
-            # fetch it again.
+            entry = _open_cached(table, caches, shard, allow_unsafe_types)
+            if entry is not None:
+                readers[shard], pins[shard] = entry
+                return entry[0]
+            # Evicted after its download (a cache too small for what is open): fetch it again.
             futures[shard] = loop.submit(_tracked(fetcher.fetch_shard(shard), running))
-        raise _evicted_error(table, shard)
+        raise evicted_error(table, shard)
 
     current = -1
     reader: ShardReader | None = None
-    # The per-sample path is a list lookup and a decode: plain ints (not numpy scalars), and
-    # the sample counter is flushed at shard changes rather than taking its lock per sample.
+    event = 0  # plan.next_event, in a local
+    tail = -1  # next use of the position before the current chunk
     yielded = 0
     try:
-        for pos, (shard, index) in enumerate(zip(shard_of.tolist(), within.tolist(), strict=True)):
-            if shard != current:
-                counters.add("samples", yielded)
-                yielded = 0
-                for due in schedule.due(pos):
-                    start(int(due))
-                counters.set("window_depth", schedule.depth(pos))
-                current = shard
-                reader = pool.get(shard)
-            if reader is None:
-                sample = early(shard, index)
-                if sample is not None:
-                    yielded += 1
-                    yield sample
-                    continue
-                reader = open_reader(shard)
-            yielded += 1
-            yield reader[index]
+        for lo in range(0, len(array), _CHUNK):
+            shards = shard_of[lo : lo + _CHUNK].tolist()
+            indices = within[lo : lo + _CHUNK].tolist()
+            nexts = plan.next_use[lo : lo + _CHUNK].tolist()
+            # The per-sample path: a compare, a list lookup and a decode. Everything else runs
+            # when the shard changes, and the schedule only when it has work (next_event).
+            for k, (shard, index) in enumerate(zip(shards, indices, strict=True)):
+                if shard != current:
+                    if current >= 0:
+                        following = nexts[k - 1] if k else tail
+                        if following < 0:
+                            close(current)  # its last use in this iteration
+                        else:
+                            next_need[current] = following
+                    current = shard
+                    if lo + k >= event:
+                        for due in plan.advance(lo + k):
+                            start(due)
+                        event = plan.next_event
+                        counters.set("window_depth", plan.depth())
+                    reader = readers[shard]
+                if reader is None:
+                    sample = early(shard, index)
+                    if sample is not None:
+                        yielded += 1
+                        yield sample
+                        continue
+                    reader = open_reader(shard)
+                yielded += 1
+                yield reader[index]
+            tail = nexts[-1]
+            counters.add("samples", yielded)
+            yielded = 0
     finally:
         counters.add("samples", yielded)
         # A download whose bytes have all landed (its last samples were read early) only lacks
@@ -424,65 +449,98 @@ def iter_sync(
                 loop.run(_settle(running), timeout=2 * _SETTLE_TIMEOUT)
         for partial in partials.values():
             partial.close()
-        pool.close()
+        for shard in list(pins):
+            close(shard)
         counters.set("window_depth", 0)
 
 
-async def iter_async(
-    ids: Any,
-    *,
-    table: ShardTable,
-    fetcher: Fetcher,
-    caches: list[ShardCache],
-    counters: Counters,
-    window: WindowConfig,
-    allow_unsafe_types: bool = False,
-) -> AsyncIterator[Sample]:
-    """Yield the samples ``ids`` in order, fetching and decoding on the running loop."""
-    array = _prepared(ids, table)
-    if not len(array):
-        return
-    shard_of, within = table.locate(array)
-    schedule = _Schedule(shard_of, table.fetch_bytes, window)
-    tasks: dict[int, asyncio.Task[Path]] = {}
-    pool = ReaderPool(table, caches, window.open_shards, allow_unsafe_types)
+class ThreadedAsyncIterator(Generic[T]):
+    """``async for`` over the iterator ``make()`` returns, run in worker threads.
 
-    async def open_reader(shard: int) -> ShardReader:
-        for _ in range(3):
-            task = tasks[shard]
-            began = time.perf_counter()
-            await task
-            counters.add("consumer_wait_s", time.perf_counter() - began)
-            reader = pool.get(shard) or await pool.try_open_async(shard)
-            if reader is not None:
-                return reader
-            tasks[shard] = asyncio.ensure_future(fetcher.fetch_shard(shard))
-        raise _evicted_error(table, shard)
+    ``make`` and every step of the iterator run in a worker thread (``anyio.to_thread``), in
+    hops of up to ``most`` items or ``seconds`` of work, so nothing of them runs on the caller's
+    loop, which may be asyncio or trio. A hop that waits for a download is not interrupted by
+    cancellation (which takes effect when it returns); its items stay buffered for the next
+    ``__anext__``. :meth:`aclose` (or ``async with``) closes the iterator in a thread; one
+    dropped unclosed (``break``) is closed in a thread of its own when collected.
+    """
 
-    current = -1
-    reader: ShardReader | None = None
-    yielded = 0
-    try:
-        for pos, (shard, index) in enumerate(zip(shard_of.tolist(), within.tolist(), strict=True)):
-            if shard != current:
-                counters.add("samples", yielded)
-                yielded = 0
-                for due in schedule.due(pos):
-                    tasks[int(due)] = asyncio.ensure_future(fetcher.fetch_shard(int(due)))
-                counters.set("window_depth", schedule.depth(pos))
-                current = shard
-                reader = pool.get(shard) or await open_reader(shard)
-            assert reader is not None
-            yielded += 1
-            yield reader[index]
-            if pos % 256 == 255:
-                await asyncio.sleep(0)  # let downloads progress on a busy consumer
-    finally:
-        counters.add("samples", yielded)
-        pending = [t for t in tasks.values() if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        pool.close()
-        counters.set("window_depth", 0)
+    def __init__(
+        self,
+        make: Callable[[], Iterator[T]],
+        *,
+        most: int = HOP_SAMPLES,
+        seconds: float = HOP_SECONDS,
+    ) -> None:
+        self._make: Callable[[], Iterator[T]] | None = make
+        self._iterator: Iterator[T] | None = None
+        self._most = most
+        self._seconds = seconds
+        self._buffer: collections.deque[T] = collections.deque()
+        self._error: BaseException | None = None
+        self._ended = False
+
+    def __aiter__(self) -> ThreadedAsyncIterator[T]:
+        return self
+
+    def _hop(self) -> None:
+        """One hop, in a worker thread: buffer up to ``most`` items (or ``seconds`` of work)."""
+        if self._iterator is None:
+            assert self._make is not None
+            self._iterator, self._make = self._make(), None
+        buffer, most = self._buffer, self._most
+        deadline = time.perf_counter() + self._seconds
+        try:
+            for item in self._iterator:
+                buffer.append(item)
+                if len(buffer) >= most or time.perf_counter() >= deadline:
+                    return
+        except Exception as exc:  # raised to the consumer after the items before it
+            self._error = exc
+        self._ended = True
+
+    async def __anext__(self) -> T:
+        if not self._buffer and not self._ended:
+            await anyio.to_thread.run_sync(self._hop)
+        if self._buffer:
+            return self._buffer.popleft()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    def _close(self) -> None:
+        iterator, self._iterator, self._make = self._iterator, None, None
+        self._ended = True
+        self._buffer.clear()
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+    async def aclose(self) -> None:
+        """Close the iterator (in a worker thread, shielded from cancellation); idempotent."""
+        if self._iterator is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+        else:
+            self._close()
+
+    async def __aenter__(self) -> ThreadedAsyncIterator[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Dropped unclosed: closing may wait for downloads to settle, so never here (this may
+        # be the caller's loop thread), but in a thread of its own.
+        if getattr(self, "_iterator", None) is not None:
+            threading.Thread(target=self._close, name="astream-close", daemon=True).start()
+
+
+def aiterate(
+    make: Callable[[], Iterator[T]], *, most: int = HOP_SAMPLES, seconds: float = HOP_SECONDS
+) -> ThreadedAsyncIterator[T]:
+    """``async for`` over ``make()``'s iterator without blocking the loop: see
+    :class:`ThreadedAsyncIterator`."""
+    return ThreadedAsyncIterator(make, most=most, seconds=seconds)

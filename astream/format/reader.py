@@ -4,9 +4,10 @@ A reader maps its file once (``mmap``) and slices samples out of it; it never re
 sample. The header is checked when the reader opens, so a truncated or tampered shard fails
 with :class:`~astream.errors.ShardCorruptError` naming the file, not with a wrong sample later.
 
-For random access without the whole shard, the engine range-reads ``offsets_range(info)``,
-hands the bytes to :func:`parse_offsets`, range-reads ``[off[i], off[i+1])`` of
-``payload_basename(info)`` and calls :func:`decode_sample`.
+For random access without the whole shard, the engine range-reads ``offsets_range(info)`` (the
+header), hands the bytes to :func:`parse_offsets` (the header check of :func:`open_shard`),
+range-reads ``[off[i], off[i+1])`` of ``payload_basename(info)`` and calls
+:func:`decode_sample`.
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ def _raw_meta(info: ShardInfo) -> Any:
 
 
 def offsets_range(info: ShardInfo) -> tuple[str, int, int]:
-    """Return ``(basename, start, end)``: where the shard's ``samples + 1`` offsets lie.
+    """Return ``(basename, start, end)``: where the shard's header lies (its sample count, then
+    its ``samples + 1`` offsets), the bytes :func:`parse_offsets` takes.
 
-    For MDS they follow the sample count at the start of the raw shard file; for JSONL/CSV/TSV
-    they lie in the same place of the ``.meta`` file. Both are the decompressed files.
+    For MDS the header starts the raw shard file; for JSONL/CSV/TSV it starts the ``.meta``
+    file. Both are the decompressed files.
     """
-    return _meta_or_raw(info), 4, 4 + 4 * (info.samples + 1)
+    return _meta_or_raw(info), 0, 4 + 4 * (info.samples + 1)
 
 
 def payload_basename(info: ShardInfo) -> str:
@@ -88,18 +90,17 @@ def _check_offsets(
 
 
 def parse_offsets(info: ShardInfo, data: bytes | memoryview) -> np.ndarray[Any, Any]:
-    """Return the ``samples + 1`` offsets read from the bytes of :func:`offsets_range`.
+    """Return the ``samples + 1`` offsets of a shard's header bytes (from byte 0 on).
 
-    :raises ShardCorruptError: when there are too few bytes or the offsets do not increase
-        or point past the file's size in the index.
+    The check :func:`open_shard` makes, by the same function: the header's sample count must be
+    the index's, the offsets must lie past the header, increase, and end within the file's size
+    in the index. Given bytes up to the first sample (MDS: ``data[:offsets[0]]``, or more), the
+    writer's config recorded there is checked against the index too; given only
+    :func:`offsets_range`, it is not.
+
+    :raises ShardCorruptError: naming the file when any of that does not hold.
     """
-    basename = _meta_or_raw(info)
-    want = 4 * (info.samples + 1)
-    if len(data) < want:
-        raise ShardCorruptError(f"{basename}: offsets need {want} bytes, got {len(data)}")
-    offsets = np.frombuffer(data, _U32, info.samples + 1).astype(np.uint32)
-    _check_offsets(info, offsets, basename, info.raw.bytes)
-    return offsets
+    return _header_offsets(info, data, len(data), _meta_or_raw(info), info.raw.bytes)
 
 
 class _Layout(ABC):
@@ -414,9 +415,15 @@ class ShardReader:
         self.close()
 
 
-def _read_header(
-    info: ShardInfo, buf: _Buffer, size: int, source: str, data_size: int
-) -> list[int]:
+def _header_offsets(
+    info: ShardInfo, buf: _Buffer | bytes | memoryview, size: int, source: str, data_size: int
+) -> np.ndarray[Any, Any]:
+    """The checked offsets of the shard header in ``buf[:size]`` (a copy, never a view).
+
+    The one header check, for a mapped shard (:func:`open_shard`) and for header bytes read by
+    range or from a download in progress (:func:`parse_offsets`). The config is checked when
+    ``buf`` reaches the first sample.
+    """
     if size < 4:
         raise ShardCorruptError(f"{source}: {size} bytes is too short for a shard header")
     (count,) = struct.unpack_from("<I", buf, 0)
@@ -433,8 +440,15 @@ def _read_header(
     _check_offsets(info, offsets, source, data_size)
     # The writer's config follows the offsets: up to the first sample (MDS) or the end (meta).
     config_end = int(offsets[0]) if info.format == "mds" else size
-    _check_config(info, bytes(buf[8 + 4 * count : config_end]), source)
-    result: list[int] = offsets.tolist()
+    if config_end <= size:
+        _check_config(info, bytes(buf[8 + 4 * count : config_end]), source)
+    return offsets
+
+
+def _read_header(
+    info: ShardInfo, buf: _Buffer, size: int, source: str, data_size: int
+) -> list[int]:
+    result: list[int] = _header_offsets(info, buf, size, source, data_size).tolist()
     return result
 
 

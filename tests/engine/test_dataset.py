@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 import torch
@@ -204,24 +205,18 @@ async def test_async_for_on_the_callers_loop(remote: tuple[str, Path]) -> None:
     assert await _collect(dataset) == expected
 
 
-def test_async_iteration_starts_no_thread(dataset_dir: Path) -> None:
-    import subprocess
-    import sys
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_built_inside_a_loop_the_index_loads_off_it(dataset_dir: Path, backend: str) -> None:
+    async def main() -> list[int]:
+        dataset = StreamingDataset(local=dataset_dir)
+        assert dataset._table is None  # nothing loaded on the loop
+        prefetcher = Prefetcher(dataset, [5, -1])
+        got = [check_sample(s) async for s in dataset]
+        assert [check_sample(s) async for s in prefetcher] == [5, N - 1]
+        assert await dataset.load() is dataset
+        return got
 
-    code = (
-        "import asyncio, threading\n"
-        "from astream import StreamingDataset\n"
-        f"ds = StreamingDataset(local={str(dataset_dir)!r})\n"
-        "async def main():\n"
-        "    return [s['id'] async for s in ds]\n"
-        "ids = asyncio.run(main())\n"
-        "assert ids == list(range(300)), ids[:5]\n"
-        "assert not [t for t in threading.enumerate() if t.name == 'astream-io']\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert anyio.run(main, backend=backend) == list(range(N))
 
 
 def test_prefetcher_follows_any_order(remote: tuple[str, Path]) -> None:

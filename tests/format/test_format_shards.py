@@ -278,7 +278,7 @@ def _one_shard(tmp_path: Path, rows: int = 5) -> ShardInfo:
 def test_offsets_range_and_decode_sample_read_like_the_reader(tmp_path: Path) -> None:
     shard = _one_shard(tmp_path)
     basename, start, end = offsets_range(shard)
-    assert (basename, start, end) == ("shard.00000.mds", 4, 4 + 4 * 6)
+    assert (basename, start, end) == ("shard.00000.mds", 0, 4 + 4 * 6)
     data = (tmp_path / payload_basename(shard)).read_bytes()
     offsets = parse_offsets(shard, data[start:end])
     assert offsets.dtype == np.uint32 and len(offsets) == 6
@@ -339,7 +339,7 @@ def test_tampered_headers_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ShardCorruptError, match="inside the header"):
         open_shard(shard, tmp_path)
     with pytest.raises(ShardCorruptError, match=r"shard\.00000\.mds"):
-        parse_offsets(shard, bytes(inside[4:12]))
+        parse_offsets(shard, bytes(inside[:12]))
 
 
 def test_tampered_sample_body_is_a_shard_error(tmp_path: Path) -> None:
