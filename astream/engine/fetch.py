@@ -23,10 +23,22 @@ from astream.engine.table import ShardTable
 from astream.format import decode_sample, offsets_range, parse_offsets, payload_basename
 from astream.storage import Store, open_store
 
-__all__ = ["LEAD_WAIT", "Counters", "EngineStatistics", "Fetcher", "make_caches", "remote_bytes"]
+__all__ = [
+    "LEAD_WAIT",
+    "RANGE_READS",
+    "Counters",
+    "EngineStatistics",
+    "Fetcher",
+    "make_caches",
+    "remote_bytes",
+]
 
 #: Longest wait (seconds) of other downloads for a lead download's first bytes.
 LEAD_WAIT = 2.0
+#: Sample range reads (:meth:`Fetcher.read_payload`) one fetcher has in flight at once.
+RANGE_READS = 16
+# Shards whose sample offsets a fetcher keeps for range reads (4 bytes and more per sample).
+_OFFSETS_KEPT = 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +56,8 @@ class EngineStatistics:
     :param consumer_wait_s: seconds the consumer waited for data.
     :param samples: samples handed to the consumer.
     :param range_reads: random-access reads served by range requests without the whole shard.
+    :param range_samples: samples an iteration took from range reads because their shard was
+        not local yet (a cold start's first samples: see :mod:`astream.engine.ranges`).
     :param dataset_bytes: bytes of the dataset's remote shards, each once (as fetched: compressed
         sizes); :attr:`fetched_ratio` compares :attr:`bytes_downloaded` with it.
     """
@@ -57,6 +71,7 @@ class EngineStatistics:
     consumer_wait_s: float = 0.0
     samples: int = 0
     range_reads: int = 0
+    range_samples: int = 0
     evictions: int = 0
     dataset_bytes: int = 0
 
@@ -108,6 +123,7 @@ class Counters:
             consumer_wait_s=float(values.get("consumer_wait_s", 0.0)),
             samples=int(values.get("samples", 0)),
             range_reads=int(values.get("range_reads", 0)),
+            range_samples=int(values.get("range_samples", 0)),
             dataset_bytes=self.dataset_bytes,
         )
 
@@ -178,6 +194,18 @@ class Fetcher:
         self._offsets: dict[int, NDArray[Any]] = {}
         # Set once the first bytes of a lead download have landed (see fetch_shard's lead).
         self._gate: asyncio.Event | None = None
+        # Range reads of samples (read_payload): slots, shared offsets reads, and the reads
+        # that hold whole-shard downloads back (leading).
+        self._range_slots: asyncio.Semaphore | None = None
+        self._offsets_pending: dict[int, asyncio.Future[NDArray[Any]]] = {}
+        self._leading = 0
+        self._leading_done: asyncio.Event | None = None
+        #: Bytes of shard downloads that reported progress, landed so far (written on the loop
+        #: thread, read anywhere): how fast whole shards arrive, for RangeAhead to compare.
+        self.landed = 0
+        #: Set when this fetcher's sample range reads came too slowly to be worth it (see
+        #: :data:`astream.engine.ranges.RANGE_MIN_RATE`): later iterations read whole shards.
+        self.range_slow = False
         counters.store_retries = self._retries
         counters.caches = caches
 
@@ -218,6 +246,11 @@ class Fetcher:
             self.counters.add("cache_hits")
             cache.touch(info)
             return cache.raw_path(info)
+        leading = self._leading_done
+        if leading is not None and not leading.is_set():
+            # The consumer's first samples come by range reads: they go first.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(leading.wait(), LEAD_WAIT)
         if lead and on_progress is not None:
             gate = self._gate = asyncio.Event()
             inner = on_progress
@@ -250,6 +283,13 @@ class Fetcher:
         source = self.table.sources[stream]
         size = int(self.table.fetch_bytes[shard])
         self.counters.add("bytes_in_flight", size)
+        if on_progress is not None:
+            inner = on_progress
+
+            def on_progress(start: int, end: int) -> None:
+                self.landed += end - start
+                inner(start, end)
+
         try:
             async with self._semaphore:
                 path = await cache.fetch(
@@ -290,6 +330,75 @@ class Fetcher:
         payload = await store.read_range(payload_basename(info), start, end)
         self.counters.add("range_reads")
         return decode_sample(info, payload, allow_unsafe_types=self.allow_unsafe_types)
+
+    def can_range_read(self, shard: int) -> bool:
+        """Whether samples of ``shard`` may come by range requests (:meth:`read_payload`).
+
+        Not for compressed shards (no sample offsets in the file), not with ``validate_hash``
+        (a range cannot be checked against the file's hash, and no unverified byte may reach
+        the consumer), nor for a local stream.
+        """
+        source = self.table.sources[int(self.table.shard_stream[shard])]
+        return (
+            self.table.shards[shard].zip is None
+            and source.validate_hash is None
+            and source.remote is not None
+        )
+
+    async def read_payload(self, shard: int, index: int, *, leading: bool = False) -> bytes | None:
+        """Sample ``index`` of ``shard``'s bytes by range requests; ``None`` when not possible.
+
+        At most :data:`RANGE_READS` run at once per fetcher (more wait their turn); the shard's
+        offsets are read once, by whichever read comes first. ``None`` when
+        :meth:`can_range_read` says no: the caller reads the sample from the whole shard.
+
+        :param leading: this read is among the consumer's first: whole-shard downloads of this
+            fetcher wait (at most :data:`LEAD_WAIT` seconds) until every leading read is done.
+        """
+        if leading:
+            self._lead_begin()
+        try:
+            if not self.can_range_read(shard):
+                return None
+            if self._range_slots is None:
+                self._range_slots = asyncio.Semaphore(RANGE_READS)
+            async with self._range_slots:
+                stream = int(self.table.shard_stream[shard])
+                info = self.table.shards[shard]
+                offsets = await self._shared_offsets(shard)
+                start, end = int(offsets[index]), int(offsets[index + 1])
+                payload = await self.store(stream).read_range(payload_basename(info), start, end)
+        finally:
+            if leading:
+                self._lead_end()
+        self.counters.add("range_reads")
+        return payload
+
+    def _lead_begin(self) -> None:
+        if self._leading_done is None:
+            self._leading_done = asyncio.Event()
+        self._leading += 1
+        self._leading_done.clear()
+
+    def _lead_end(self) -> None:
+        self._leading -= 1
+        if self._leading == 0 and self._leading_done is not None:
+            self._leading_done.set()
+
+    async def _shared_offsets(self, shard: int) -> NDArray[Any]:
+        """The offsets of ``shard``, read once however many reads ask for them at once."""
+        offsets = self._offsets.get(shard)
+        if offsets is not None:
+            return offsets
+        pending = self._offsets_pending.get(shard)
+        if pending is None:
+            pending = asyncio.ensure_future(self._offsets_of(shard))
+            self._offsets_pending[shard] = pending
+            pending.add_done_callback(lambda _: self._offsets_pending.pop(shard, None))
+        offsets = await asyncio.shield(pending)
+        while len(self._offsets) > _OFFSETS_KEPT:
+            self._offsets.pop(next(iter(self._offsets)))
+        return offsets
 
     async def aclose(self) -> None:
         """Close every store this fetcher opened (on the loop that opened them)."""

@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from astream.engine.cache import ShardCache, ShardPin
 from astream.engine.fetch import Counters, Fetcher
 from astream.engine.loop import IOLoop
+from astream.engine.ranges import RangeAhead
 from astream.engine.table import ShardTable
 from astream.engine.window import WindowConfig, WindowPlan, open_limit, shard_footprint
 from astream.errors import CacheError
@@ -309,6 +310,34 @@ def iter_samples(
     readers: list[ShardReader | None] = [None] * len(table.shards)
     pins: dict[int, ShardPin] = {}
     next_need: dict[int, int] = {}
+    ready: set[int] = set()
+
+    def local(shard: int) -> bool:
+        """Whether ``shard`` is open, downloaded or in the cache (no range reads for it)."""
+        if shard in ready:
+            return True
+        future = futures.get(shard)
+        cache = caches[int(table.shard_stream[shard])]
+        if (
+            readers[shard] is not None
+            or (future is not None and future.done())
+            or cache.is_ready(table.shards[shard])
+        ):
+            ready.add(shard)
+        return shard in ready
+
+    # A shuffled cold start's first samples, by range reads (see astream.engine.ranges).
+    ranges = RangeAhead(
+        table=table,
+        fetcher=fetcher,
+        loop=loop,
+        counters=counters,
+        shard_of=shard_of,
+        within=within,
+        local=local,
+        allow_unsafe_types=allow_unsafe_types,
+    )
+    ranges_event = ranges.next_event
 
     def start(shard: int) -> None:
         partial = None
@@ -405,6 +434,9 @@ def iter_samples(
             # The per-sample path: a compare, a list lookup and a decode. Everything else runs
             # when the shard changes, and the schedule only when it has work (next_event).
             for k, (shard, index) in enumerate(zip(shards, indices, strict=True)):
+                if lo + k >= ranges_event:  # within the cold start's budget only
+                    ranges.advance(lo + k)
+                    ranges_event = ranges.next_event
                 if shard != current:
                     if current >= 0:
                         following = nexts[k - 1] if k else tail
@@ -420,7 +452,9 @@ def iter_samples(
                         counters.set("window_depth", plan.depth())
                     reader = readers[shard]
                 if reader is None:
-                    sample = early(shard, index)
+                    sample = ranges.take(lo + k) if ranges.active else None
+                    if sample is None:
+                        sample = early(shard, index)
                     if sample is not None:
                         yielded += 1
                         yield sample
@@ -432,6 +466,7 @@ def iter_samples(
             counters.add("samples", yielded)
             yielded = 0
     finally:
+        ranges.close()
         counters.add("samples", yielded)
         # A download whose bytes have all landed (its last samples were read early) only lacks
         # its rename into the cache: let it finish rather than throw the shard away.

@@ -159,12 +159,14 @@ def check_cache_plan(
     algo = config.shuffle_algo if config.shuffle_algo in _BLOCK_ALGOS else "py1e"
     room = (limits - window)[remote]
     suggestion: int | None = None
+    # A block smaller than a shard leaves that shard unshuffled with the others: not offered.
+    smallest_block = max(shard.samples for shard in table.shards)
     if np.all(room > largest[remote]):
         # The working set grows about linearly with the block: start from the ratio, then halve.
         ratio = float(np.min(room / np.maximum(live[remote], 1)))
         candidate = int(block * min(ratio, 1.0) * 0.8)
         for _ in range(_BLOCK_TRIES):
-            if candidate < 1:
+            if candidate < smallest_block:
                 break
             if fits(peak(replace(config, shuffle_algo=algo, shuffle_block_size=candidate))):
                 suggestion = candidate

@@ -1,0 +1,252 @@
+"""Samples a consumer needs before their shards are local, read by range requests ahead of it.
+
+A shuffled epoch's first batch touches nearly every shard. Waiting for those shards means
+waiting for nearly the whole dataset; reading each of those samples by two small range requests
+(the shard's offsets once, then the sample's bytes: :meth:`Fetcher.read_payload`) costs a
+round trip each, and they run concurrently. :class:`RangeAhead` requests such reads for the
+first :data:`RANGE_BUDGET` positions of an iteration whose shards are not local (a bounded
+number in flight, :data:`~astream.engine.fetch.RANGE_READS`), while the window downloads whole
+shards behind them in need order; the first :data:`RANGE_LEADING` reads hold those downloads
+back (at most ``LEAD_WAIT``), so that the first samples do not share the link with every shard.
+Within that stretch, samples of shards that another process of the node is downloading come by
+range too, instead of waiting on that shard's lock for the whole shard.
+
+Past the cold start, range reads would only compete with the shards' downloads (a request per
+sample, where a shard pays one per many samples), so each iteration spends a fixed budget, and
+stops sooner where they do not pay: it starts with :data:`RANGE_START` reads in flight and
+stops (for the fetcher's later iterations too) if they come slower than
+:data:`RANGE_MIN_RATE`; after :data:`RANGE_JUDGE_AFTER`, whenever the reads left would take
+longer than the bytes of the shards they stand in for at the rate shards are landing.
+
+Never for compressed shards (no sample offsets in the file) nor with ``validate_hash`` (a range
+cannot be checked against the file's hash; no unverified byte reaches the consumer): the
+fetcher's :meth:`~astream.engine.fetch.Fetcher.can_range_read` decides.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from astream.engine.fetch import Counters, Fetcher
+from astream.engine.loop import IOLoop
+from astream.engine.table import ShardTable
+from astream.errors import StorageError
+from astream.format import decode_sample
+
+__all__ = [
+    "RANGE_AHEAD",
+    "RANGE_BUDGET",
+    "RANGE_LEADING",
+    "RANGE_MIN_RATE",
+    "RANGE_START",
+    "RangeAhead",
+]
+
+#: Positions ahead of the consumer whose samples may be requested by range reads (a bound on
+#: the requests queued, and on the bytes fetched twice: once by range, once in the shard).
+RANGE_AHEAD = 256
+#: Positions, from an iteration's start, that may be served by range reads at all. Range reads
+#: win only while whole shards are far from landing (they cost a request per sample, which the
+#: shards pay once per many samples): past the cold start they would compete with the shards'
+#: downloads for the server and the link, so each iteration spends at most this many.
+RANGE_BUDGET = 256
+#: Range samples taken before :class:`RangeAhead` first compares its rate with the shards'.
+RANGE_JUDGE_AFTER = 8
+#: The iteration's first reads that hold whole-shard downloads back until they are done (at
+#: most ``LEAD_WAIT``): the first samples then do not share the link with every shard.
+RANGE_LEADING = 1
+#: Reads an iteration starts with, before it knows the store serves them fast enough.
+RANGE_START = 2
+#: Range samples per second, over the first :data:`RANGE_START`, below which an iteration stops
+#: its range reads, and the fetcher's later iterations do not start any: a server that copies
+#: the whole object for every ranged GET (moto: about 8 reads/s on 64 MiB objects) serves a
+#: sample no sooner than a whole shard.
+RANGE_MIN_RATE = 20.0
+
+Sample = dict[str, Any]
+
+
+class RangeAhead:
+    """Range reads of the samples ahead of one consumer whose shards are not local yet.
+
+    Driven from the consumer's thread, in position order: :meth:`advance` at each position
+    (amortised O(1): a pointer that only moves forward) keeps up to ``ahead`` positions
+    requested; :meth:`take` hands over a requested sample (waiting for its read) or ``None``.
+
+    :param shard_of: the shard of each position; ``within``: the sample's index in it.
+    :param local: whether a shard is (or will shortly be) readable locally; such positions are
+        not requested. Called at most once per position.
+    :param budget: positions from the start that may be requested at all (the cold start).
+    :param spread: range reads are used only when the first ``ahead`` positions span more than
+        this many shards, in more than two runs per shard on average (a shuffle).
+    """
+
+    def __init__(
+        self,
+        *,
+        table: ShardTable,
+        fetcher: Fetcher,
+        loop: IOLoop,
+        counters: Counters,
+        shard_of: NDArray[np.int64],
+        within: NDArray[np.int64],
+        local: Callable[[int], bool],
+        ahead: int | None = None,
+        budget: int | None = None,
+        spread: int = 2,
+        allow_unsafe_types: bool = False,
+    ) -> None:
+        self.table = table
+        self.fetcher = fetcher
+        self.loop = loop
+        self.counters = counters
+        self.shard_of = shard_of
+        self.within = within
+        self.local = local
+        self.ahead = RANGE_AHEAD if ahead is None else ahead
+        self.budget = min(len(shard_of), RANGE_BUDGET if budget is None else budget)
+        self.allow_unsafe_types = allow_unsafe_types
+        self._next = 0  # the next position to consider
+        self._pending: dict[int, concurrent.futures.Future[bytes | None]] = {}
+        self._order: collections.deque[int] = collections.deque()
+        # Shards that cannot be range-read (checked once each).
+        self._unreadable: set[int] = set()
+        # Only the iteration's first reads hold whole-shard downloads back.
+        self._leading = RANGE_LEADING
+        # For the comparison with whole shards: when the first read was requested, the bytes
+        # downloads had landed then, the bytes of the shards the reads stand in for, and the
+        # samples taken from reads so far.
+        self._began = 0.0
+        self._landed_before = 0
+        self._shards_asked: set[int] = set()
+        self._bytes_asked = 0
+        self._taken = 0
+        # Reads in flight at most: RANGE_START until the first ones came fast enough.
+        self._allowed = RANGE_START
+        # Only where whole shards cannot serve the first samples soon: when the first stretch
+        # of positions jumps between shards (a shuffle: many more runs than shards). A
+        # sequential order reads each shard in one run and gets its first samples as the
+        # shard's first bytes land.
+        stretch = shard_of[: self.ahead]
+        first = np.unique(stretch)
+        runs = 1 + int(np.count_nonzero(stretch[1:] != stretch[:-1])) if len(stretch) else 0
+        self.active = (
+            not fetcher.range_slow
+            and len(first) > spread
+            and runs > 2 * len(first)
+            and any(fetcher.can_range_read(int(shard)) for shard in first)
+        )
+        #: The position at which :meth:`advance` has work again: the requested stretch is
+        #: topped up when a quarter of it was consumed, so the driver pays one compare per
+        #: sample in between.
+        self.next_event = 0 if self.active else 1 << 62
+
+    def _drop_before(self, pos: int) -> None:
+        order, pending = self._order, self._pending
+        while order and order[0] < pos:  # consumed another way (their shard came in)
+            pending.pop(order.popleft()).cancel()
+
+    def advance(self, pos: int) -> None:
+        """Request reads for positions up to ``pos + ahead`` whose shards are not local."""
+        if not self.active:
+            self.next_event = 1 << 62
+            return
+        self._drop_before(pos)
+        order, pending = self._order, self._pending
+        end = min(pos + self.ahead, self.budget)
+        p = max(self._next, pos)
+        while p < end and len(pending) < self._allowed:
+            shard = int(self.shard_of[p])
+            if shard not in self._unreadable and not self.local(shard):
+                if not self.fetcher.can_range_read(shard):
+                    self._unreadable.add(shard)
+                else:
+                    if not self._began:
+                        self._began = time.perf_counter()
+                        self._landed_before = self.fetcher.landed
+                    if shard not in self._shards_asked:
+                        self._shards_asked.add(shard)
+                        self._bytes_asked += int(self.table.fetch_bytes[shard])
+                    leading = self._leading > 0
+                    self._leading -= 1
+                    read = self.fetcher.read_payload(shard, int(self.within[p]), leading=leading)
+                    pending[p] = self.loop.submit(read)
+                    order.append(p)
+            p += 1
+        self._next = p
+        if p >= self.budget:
+            self.next_event = 1 << 62
+        elif p < end:  # held back by _allowed: look again at the next position
+            self.next_event = pos + 1
+        else:
+            self.next_event = pos + max(1, self.ahead // 4)
+
+    def take(self, pos: int) -> Sample | None:
+        """The sample at ``pos`` if a read was requested for it (waits for it), else ``None``.
+
+        A read that failed, or that the fetcher declined (its stream's range reads were turned
+        off meanwhile), gives ``None``: the caller reads the sample from the whole shard, whose
+        download reports any lasting failure.
+        """
+        future = self._pending.get(pos)
+        if future is None:
+            return None
+        self._drop_before(pos)
+        self._order.popleft()  # pos itself: positions are requested and taken in order
+        del self._pending[pos]
+        began = time.perf_counter()
+        try:
+            payload = future.result()
+        except (StorageError, OSError, concurrent.futures.CancelledError):
+            return None
+        finally:
+            self.counters.add("consumer_wait_s", time.perf_counter() - began)
+        if payload is None:
+            return None
+        self.counters.add("range_samples")
+        self._taken += 1
+        if self._taken == RANGE_START:
+            rate = self._taken / max(time.perf_counter() - self._began, 1e-6)
+            if rate < RANGE_MIN_RATE:
+                self.fetcher.range_slow = True
+                self.close()
+            else:
+                self._allowed = self.ahead
+        elif self._taken >= RANGE_JUDGE_AFTER and self._pending:
+            self._judge()
+        shard = int(self.shard_of[pos])
+        return decode_sample(
+            self.table.shards[shard], payload, allow_unsafe_types=self.allow_unsafe_types
+        )
+
+    def _judge(self) -> None:
+        """Stop when the reads left would take longer than the shards they stand in for.
+
+        Both rates are measured over the same time, on the same machine and link: samples taken
+        from reads per second, and bytes of this process's shard downloads landed per second.
+        (Other processes of the node download some of those shards too, so the shards' side is
+        if anything underestimated, in favour of the reads.)
+        """
+        elapsed = time.perf_counter() - self._began
+        landed = self.fetcher.landed - self._landed_before
+        if elapsed <= 0 or landed <= 0:
+            return  # downloads held back or not started: nothing to compare yet
+        reads_left = len(self._pending) / (self._taken / elapsed)
+        shards_left = max(0, self._bytes_asked - landed) / (landed / elapsed)
+        if reads_left > shards_left:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the reads not taken (their results are dropped)."""
+        self.active = False
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        self._order.clear()

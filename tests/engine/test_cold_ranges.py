@@ -1,0 +1,172 @@
+"""A shuffled cold epoch's first samples come by range reads while whole shards download.
+
+Over a real HTTP server (the aiohttp file server on loopback) the samples come out right and in
+the plan's order, the first by range reads; a store that logs every request (shared by two
+DataLoader worker processes) shows that each shard is still downloaded once per node; with
+``validate_hash`` or compressed shards, no sample comes by range reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cache_worker import RangedLocalStore
+from datasets import check_sample, write_mds
+
+from astream import StreamingDataLoader, StreamingDataset
+from astream.plan import World
+from astream.storage import RetryConfig, TransferConfig, register_store
+from astream.storage._transfer import write_part
+from tests.servers.http_files import HTTPFiles
+
+N = 1200
+PAYLOAD = 300
+SCHEME = "rangelog"
+
+
+def _ids(samples: Any) -> list[int]:
+    return [check_sample(s, payload=PAYLOAD) for s in samples]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # About 24 uncompressed shards of 50 samples: a shuffled stretch spans most of them.
+    return write_mds(tmp_path_factory.mktemp("src") / "d", N, size_limit=16_000, payload=PAYLOAD)
+
+
+def _serve(http_files: HTTPFiles, src: Path) -> str:
+    name = uuid.uuid4().hex[:12]
+    shutil.copytree(src, http_files.root / name)
+    return f"{http_files.url}/{name}"
+
+
+def test_a_shuffled_cold_epoch_starts_with_range_reads(
+    http_files: HTTPFiles, source: Path, tmp_path: Path
+) -> None:
+    shards = len(list(source.glob("shard.*")))
+    dataset = StreamingDataset(
+        remote=_serve(http_files, source), local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    expected = dataset.worker_sample_ids(World(), 0, 0)
+    assert _ids(dataset) == [int(i) for i in expected if i >= 0]
+    stats = dataset.statistics()
+    assert stats.range_samples >= 1, "the first samples came by range reads"
+    assert stats.range_reads >= stats.range_samples
+    assert stats.cache_misses == shards, "every shard was still downloaded, once"
+    # A warm epoch reads local shards only.
+    before = dataset.statistics().range_reads
+    assert sorted(_ids(dataset)) == list(range(N))
+    assert dataset.statistics().range_reads == before
+
+
+def test_an_unshuffled_cold_epoch_reads_its_shards_as_they_land(
+    http_files: HTTPFiles, source: Path, tmp_path: Path
+) -> None:
+    dataset = StreamingDataset(remote=_serve(http_files, source), local=tmp_path / "cache")
+    assert _ids(dataset) == list(range(N))
+    assert dataset.statistics().range_reads == 0
+
+
+class LoggingStore(RangedLocalStore):
+    """A local directory read as a remote: logs each download and each sample range read."""
+
+    def __init__(
+        self, url: str, *, retry: RetryConfig | None = None, transfer: TransferConfig | None = None
+    ) -> None:
+        del transfer
+        parts = TransferConfig(part_size=8192, concurrency=2)
+        super().__init__(url.removeprefix(f"{SCHEME}://"), retry=retry, transfer=parts)
+
+    def _log(self, line: str) -> None:
+        fd = os.open(os.environ["ASTREAM_TEST_RANGE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{line}\n".encode())
+        finally:
+            os.close(fd)
+
+    def _note(self, key: str) -> None:
+        self._log(f"download {key}")
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        self._log(f"range {key}")
+        return await super().read_range(key, start, end)
+
+    async def fetch_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        # A part of a download: not a sample range read.
+        await write_part(fd, await RangedLocalStore.read_range(self, key, start, end), start)
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    log = tmp_path / "requests.log"
+    monkeypatch.setenv("ASTREAM_TEST_RANGE_LOG", str(log))
+    register_store(SCHEME, LoggingStore, replace=True)
+    yield log
+
+
+def test_two_workers_range_read_but_download_each_shard_once(
+    logged: Path, source: Path, tmp_path: Path
+) -> None:
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    loader = StreamingDataLoader(
+        dataset, batch_size=8, num_workers=2, collate_fn=list, multiprocessing_context="fork"
+    )
+    seen = [check_sample(s, payload=PAYLOAD) for batch in loader for s in batch]
+    assert sorted(seen) == list(range(N))
+    lines = Counter(logged.read_text().splitlines())
+    downloads = {line: n for line, n in lines.items() if line.startswith("download shard.")}
+    assert len(downloads) == len(list(source.glob("shard.*")))
+    assert set(downloads.values()) == {1}, "each shard downloaded once per node"
+    assert any(line.startswith("range shard.") for line in lines), "samples came by range"
+
+
+@pytest.mark.parametrize("kind", ["validate_hash", "compressed"])
+def test_no_range_reads_where_bytes_cannot_be_checked_or_located(
+    kind: str, tmp_path: Path, http_files: HTTPFiles
+) -> None:
+    options: dict[str, Any] = {}
+    if kind == "validate_hash":
+        src = write_mds(tmp_path / "src", 600, size_limit=16_000, payload=PAYLOAD, hashes=["sha1"])
+        options["validate_hash"] = "sha1"
+    else:
+        src = write_mds(
+            tmp_path / "src", 600, size_limit=16_000, payload=PAYLOAD, compression="zstd"
+        )
+    dataset = StreamingDataset(
+        remote=_serve(http_files, src), local=tmp_path / "cache", shuffle=True, **options
+    )
+    assert sorted(_ids(dataset)) == list(range(600))
+    stats = dataset.statistics()
+    assert stats.range_reads == 0
+    assert stats.range_samples == 0
+
+
+class SlowRangesStore(LoggingStore):
+    """Sample range reads take 0.3 s each; downloads run at local-disk speed."""
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        await asyncio.sleep(0.3)
+        return await super().read_range(key, start, end)
+
+
+def test_range_reads_slower_than_the_shards_stop(
+    logged: Path, source: Path, tmp_path: Path
+) -> None:
+    register_store(SCHEME, SlowRangesStore, replace=True)
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    assert sorted(_ids(dataset)) == list(range(N))
+    stats = dataset.statistics()
+    assert 1 <= stats.range_samples < 64, "the reads stopped once the shards were faster"
+    assert stats.cache_misses == len(list(source.glob("shard.*")))
