@@ -30,6 +30,7 @@ import bisect
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -76,6 +77,8 @@ T = TypeVar("T")
 HOP_SAMPLES = 256
 #: Seconds of work after which a hop hands its samples over, even if fewer than HOP_SAMPLES.
 HOP_SECONDS = 0.002
+#: Items a hop takes between two reads of the clock.
+_STEP = 16
 #: Positions converted to Python lists at a time (bounds the memory of a long epoch's lists).
 _CHUNK = 16384
 
@@ -523,13 +526,19 @@ class ThreadedAsyncIterator(Generic[T]):
         if self._iterator is None:
             assert self._make is not None
             self._iterator, self._make = self._make(), None
-        buffer, most = self._buffer, self._most
+        buffer, iterator = self._buffer, self._iterator
         deadline = time.perf_counter() + self._seconds
         try:
-            for item in self._iterator:
-                buffer.append(item)
-                if len(buffer) >= most or time.perf_counter() >= deadline:
+            # Steps of _STEP items taken in C (islice into the deque), the clock read between.
+            while len(buffer) < self._most:
+                before = len(buffer)
+                buffer.extend(itertools.islice(iterator, _STEP))
+                if len(buffer) - before < _STEP:
+                    break  # exhausted
+                if time.perf_counter() >= deadline:
                     return
+            else:
+                return
         except Exception as exc:  # raised to the consumer after the items before it
             self._error = exc
         self._ended = True

@@ -8,10 +8,12 @@ than a second (gross blocking only: a threshold no busy machine reaches by itsel
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,42 @@ def test_async_epoch_never_blocks_the_loop(
     on_loop = [what for what, thread in blocking_calls if thread == loop_thread[0]]
     assert on_loop == [], f"ran on the caller's loop: {on_loop}"
     assert worst < GROSS, f"the loop was blocked for {worst:.3f} s at once"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_async_driver_hands_over_items_errors_and_closes(backend: str) -> None:
+    closed = threading.Event()
+    threads: set[int] = set()
+
+    def numbers() -> Iterator[int]:
+        try:
+            for i in range(1000):
+                threads.add(threading.get_ident())
+                yield i
+            raise KeyError("after the items")
+        finally:
+            closed.set()
+
+    async def main() -> None:
+        got: list[int] = []
+        with pytest.raises(KeyError):
+            async for i in prefetch.aiterate(numbers):
+                got.append(i)  # noqa: PERF401 - kept when the error comes
+        assert got == list(range(1000)) and closed.is_set()
+        assert threading.get_ident() not in threads
+        closed.clear()
+        iterator = prefetch.aiterate(numbers)
+        async for i in iterator:
+            if i == 40:
+                break
+        await iterator.aclose()
+        assert closed.is_set()
+        # Dropped without aclose(): closed in a thread of its own when collected.
+        closed.clear()
+        dropped = prefetch.aiterate(numbers)
+        assert await dropped.__anext__() == 0
+        del dropped
+        gc.collect()
+        assert closed.wait(30)
+
+    anyio.run(main, backend=backend)
