@@ -59,13 +59,17 @@ def _spark(workdir: Path) -> Any:
 
 def _dataframe(spark: Any, rows: int) -> Any:
     from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, FloatType
 
     row_id = F.col("id")
     df = spark.range(0, rows, 1, numPartitions=4).select(
         row_id.alias("id"),
         F.concat(F.lit("document number "), row_id.cast("string")).alias("text"),
         F.unhex(F.lpad(F.hex(row_id), 32, "0")).alias("blob"),
-        F.array(*[(row_id + k).cast("float") for k in range(8)]).alias("vec"),
+        # array<float> with nullable elements: the type mosaicml-streaming's converter knows.
+        F.array(*[(row_id + k).cast("float") for k in range(8)])
+        .cast(ArrayType(FloatType(), containsNull=True))
+        .alias("vec"),
     )
     df = df.cache()
     df.count()

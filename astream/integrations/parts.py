@@ -36,7 +36,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "PartResult",
     "PartWriter",
     "arrow_columns",
+    "arrow_rows",
     "attempt_prefix",
     "commit",
     "random_attempt",
@@ -205,6 +206,44 @@ class PartWriter:
         return PartResult(order, prefix, json.dumps({"shards": writer.shards, "version": 2}))
 
 
+def arrow_rows(batch: Any) -> Iterator[dict[str, Any]]:
+    """The rows of an Arrow record batch (or table) as dicts, column by column.
+
+    Lists of numbers without nulls become numpy arrays (views of one flat buffer: no Python
+    float per element); every other column converts with ``to_pylist``. About twice as fast as
+    ``batch.to_pylist()`` with one small float array per row, and the arrays need no second
+    conversion before they are written.
+    """
+    import pyarrow as pa
+
+    t = pa.types
+    names = list(batch.schema.names)
+    columns: list[Any] = []
+    for i in range(batch.num_columns):
+        column = batch.column(i)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        typ = column.type
+        listed = t.is_list(typ) or t.is_large_list(typ) or t.is_fixed_size_list(typ)
+        if listed and _numeric(typ.value_type) is not None and column.null_count == 0:
+            flat = column.flatten()
+            if flat.null_count == 0:
+                values = flat.to_numpy(zero_copy_only=False)
+                if t.is_fixed_size_list(typ):
+                    columns.append(list(values.reshape(len(column), typ.list_size)))
+                    continue
+                offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+                lengths = np.diff(offsets)
+                if len(lengths) and (lengths == lengths[0]).all() and lengths[0] > 0:
+                    columns.append(list(values.reshape(len(column), int(lengths[0]))))
+                else:
+                    columns.append(np.split(values, offsets[1:-1]))
+                continue
+        columns.append(column.to_pylist())
+    for values in zip(*columns, strict=True):
+        yield dict(zip(names, values, strict=True))
+
+
 def _coercer(columns: Mapping[str, str]) -> Any:
     """Turn list values of ``ndarray`` columns into arrays (engines hand arrays as lists)."""
     arrays: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...] | None]] = {}
@@ -218,17 +257,21 @@ def _coercer(columns: Mapping[str, str]) -> Any:
             )
 
     def coerce(sample: Mapping[str, Any]) -> Mapping[str, Any]:
-        if not arrays:
-            return sample
-        out = dict(sample)
+        out: dict[str, Any] | None = None
         for name, (dtype, shape) in arrays.items():
-            value = out.get(name)
-            if isinstance(value, list | tuple) or (
-                isinstance(value, np.ndarray) and dtype is not None and value.dtype != dtype
+            value = sample.get(name)
+            if (
+                isinstance(value, np.ndarray)
+                and (dtype is None or value.dtype == dtype)
+                and (shape is None or value.shape == shape)
             ):
+                continue
+            if isinstance(value, list | tuple | np.ndarray):
                 array = np.asarray(value, dtype=dtype)
+                if out is None:
+                    out = dict(sample)
                 out[name] = array.reshape(shape) if shape is not None else array
-        return out
+        return sample if out is None else out
 
     return coerce
 
@@ -392,7 +435,7 @@ def arrow_encoding(name: str, typ: Any) -> str:
             if all(dim is not None for dim in dims):
                 return f"ndarray:{dtype}:{','.join(str(dim) for dim in dims)}"
             return f"ndarray:{dtype}"
-    if _leaf_json(typ):
+    if _leaf_json(typ) and not t.is_null(typ):
         return "json"
     raise EncodingError(
         f"column {name!r}: no MDS encoding holds values of type {typ}; cast the column "

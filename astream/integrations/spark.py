@@ -22,6 +22,7 @@ from astream.integrations.parts import (
     PartResult,
     PartWriter,
     arrow_columns,
+    arrow_rows,
     commit,
     prepare_out,
 )
@@ -212,7 +213,7 @@ def _run(
                 for sample in udf_iterable(batch.to_pandas(), **udf_kwargs)
             )
         else:
-            rows = (row for batch in batches for row in batch.to_pylist())
+            rows = (row for batch in batches for row in arrow_rows(batch))
             samples = udf(rows) if udf is not None else rows
         # The task attempt id is unique within the application: a retried or speculative
         # attempt of this partition writes a prefix of its own.
