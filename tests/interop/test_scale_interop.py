@@ -105,6 +105,9 @@ def test_spark_output_reads_in_reference(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.fixture
 def ray_local() -> Iterator[Any]:
     ray = pytest.importorskip("ray", reason="Ray is not installed")
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    # The workers cannot import this test module by its name: its functions travel by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
