@@ -58,7 +58,7 @@ RANGE_AHEAD = 256
 #: downloads for the server and the link, so each iteration spends at most this many.
 RANGE_BUDGET = 256
 #: Range samples taken before :class:`RangeAhead` first compares its rate with the shards'.
-RANGE_JUDGE_AFTER = 8
+RANGE_JUDGE_AFTER = 16
 #: The iteration's first reads that hold whole-shard downloads back until they are done (at
 #: most ``LEAD_WAIT``): the first samples then do not share the link with every shard.
 RANGE_LEADING = 1
