@@ -11,11 +11,13 @@ Needs ``pip install 'astream[spark]'`` (pyspark 3.5 or later, and pyarrow).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from astream.errors import MissingDependencyError
+from astream import errors
+from astream.errors import AstreamError, MissingDependencyError
 from astream.format import DatasetIndex
 from astream.integrations.parts import (
     Out,
@@ -238,6 +240,29 @@ def _run(
         warnings.filterwarnings(
             "ignore", "PySpark does not yet fully support pandas", FutureWarning
         )
-        rows = dataframe.mapInArrow(write_partition, schema).collect()
+        try:
+            rows = dataframe.mapInArrow(write_partition, schema).collect()
+        except Exception as exc:
+            translated = _astream_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
     # collect() returns one row per partition: the committed attempt's.
     return [PartResult(row["order"], row["prefix"], row["index"]) for row in rows]
+
+
+_TASK_ERROR = re.compile(r"^astream\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _astream_error(exc: Exception) -> AstreamError | None:
+    """The astream error a task raised, out of the Spark error that reports it (its
+    traceback's last astream line), so a bad value surfaces as an ``EncodingError``."""
+    found = _TASK_ERROR.findall(str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, AstreamError)):
+        return None
+    error: AstreamError = cls(f"a Spark task failed: {message.strip()}")
+    return error

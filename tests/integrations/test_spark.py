@@ -177,7 +177,7 @@ def test_a_failed_job_leaves_no_index_and_names_the_column(
     df = rows(spark, 200, partitions=1).withColumn(
         "id", F.when(F.col("id") == 142, F.lit(None)).otherwise(F.col("id"))
     )
-    with pytest.raises(Exception, match="'id'"):
+    with pytest.raises(EncodingError, match=r"Spark task failed: .*'id'"):
         dataframe_to_mds(df, str(tmp_path), size_limit="1kb")
     assert not (tmp_path / "index.json").exists()
     assert list(tmp_path.iterdir())  # the attempts had written shards before they failed
