@@ -7,7 +7,9 @@ sample by sample, on a local folder and on S3 (moto).
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,10 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
+    # Ray's sockets live under its temp dir, and AF_UNIX paths end at 107 bytes: a short one.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(
+        _temp_dir=temp,
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -56,6 +61,7 @@ def ray_local() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def make_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:

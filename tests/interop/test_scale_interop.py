@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,15 @@ def ray_local() -> Iterator[Any]:
     cloudpickle = pytest.importorskip("ray.cloudpickle")
     # The workers cannot import this test module by its name: its functions travel by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray's sockets live under its temp dir (the session's TMPDIR here is deep), and AF_UNIX
+    # paths end at 107 bytes: a short one.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(_temp_dir=temp, num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.usefixtures("allow_reference_file_leaks")
