@@ -28,7 +28,11 @@ Invariants:
   the index's size" (:meth:`ShardCache.is_ready`) means ready, with no lock needed to check.
 - Only the holder of a shard's exclusive lock writes, renames or deletes that shard's files;
   temporary files of a shard are therefore garbage whenever one holds its lock, and the holder
-  removes those a killed process left behind.
+  removes those a killed process left behind. One exception: when a shard's files are deleted
+  from outside while only readers hold it (shared locks), a process that needs it again fetches
+  it under a shared lock of its own, writing only its own temporary files and renaming complete
+  files into place (several such may rename the same bytes; eviction still needs the exclusive
+  lock, which none of them leaves free).
 - Eviction deletes a shard only while holding its exclusive lock, taken without waiting: a
   shard that any process pins (shared lock) or downloads (exclusive lock) is skipped.
 """
@@ -362,9 +366,25 @@ class ShardCache:
             self.touch(shard)
             return path
         self._ensure_dirs()
-        lock = await FileLock.acquire_async(
-            self._lock_path(shard), until=lambda: self.is_ready(shard)
-        )
+        lock_path = self._lock_path(shard)
+        orphaned: list[FileLock] = []
+
+        def ready_or_orphaned() -> bool:
+            if self.is_ready(shard):
+                return True
+            # Only readers hold the lock (a shared one is free) yet the shard is missing: its
+            # files were deleted under them (by hand, or a cleaner). They may keep their pins
+            # for as long as they like (a parked DataLoader worker), so waiting for the
+            # exclusive lock could wait forever: fetch it again under a shared lock instead.
+            pin = FileLock.try_acquire(lock_path, shared=True)
+            if pin is None:
+                return False
+            orphaned.append(pin)
+            return True
+
+        lock = await FileLock.acquire_async(lock_path, until=ready_or_orphaned)
+        if lock is None and orphaned:
+            lock = orphaned[0]
         if lock is None:  # another process completed it while we waited
             self._count(hits=1)
             self.touch(shard)
@@ -378,7 +398,13 @@ class ShardCache:
             for raw, zip_info in _file_pairs(shard):
                 for info in (raw, zip_info):
                     # Not through a folder that resolves outside (_fetch_file then refuses).
-                    if info is not None and self._inside(self.root / info.basename):
+                    # Under a shared lock another reader may be fetching too: its temporary
+                    # files are its own.
+                    if (
+                        info is not None
+                        and not orphaned
+                        and self._inside(self.root / info.basename)
+                    ):
                         _remove_temps(self.root / info.basename)
             if self.evictable and self.limit is not None:
                 await anyio.to_thread.run_sync(

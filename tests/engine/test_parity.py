@@ -119,6 +119,27 @@ def test_a_shard_deleted_mid_epoch_is_fetched_again_within_the_epoch(
     assert check_sample(dataset[7]) == 7
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_shard_deleted_under_another_workers_pin_is_fetched_again(
+    tmp_path: Path, compression: str | None
+) -> None:
+    # Each DataLoader worker keeps the shards it read open (pinned); a worker that needs a
+    # deleted shard again must not wait for the other's pin, which lasts while it is parked.
+    remote = write_mds(tmp_path / "remote", 300, size_limit=2000, compression=compression)
+    local = tmp_path / "local"
+    dataset = StreamingDataset(
+        remote=str(remote), local=str(local), shuffle=True, shuffle_block_size=300, batch_size=4
+    )
+    seen = []
+    for k, batch in enumerate(StreamingDataLoader(dataset, batch_size=4, num_workers=2)):
+        seen.extend(int(i) for i in batch["id"])
+        if k == 10:
+            for path in local.glob("shard.*"):
+                path.unlink()
+    assert sorted(seen) == list(range(300))
+
+
 # -- 3. cache_limit counts every byte ------------------------------------------------------
 
 
