@@ -521,9 +521,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             if self.cache_limit < minimum:
                 raise CacheLimitError(
                     f"cache_limit={self.cache_limit} bytes cannot hold each stream's index.json "
-                    f"and the {_window_shards_at_once(self.window)} shards one worker holds at "
-                    f"once (its open and downloading shards): the minimum is {minimum} bytes. "
-                    "Raise cache_limit (or lower prefetch_shards/max_downloads)"
+                    f"and the {_window_shards_at_once(self.window)} shards one worker needs at "
+                    f"once (the one it reads and prefetch_shards ahead): the minimum is "
+                    f"{minimum} bytes. Raise cache_limit (or lower prefetch_shards)"
                 )
         self._warn_like_reference()
 
