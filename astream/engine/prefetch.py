@@ -50,7 +50,7 @@ from astream.engine.loop import IOLoop
 from astream.engine.ranges import RangeAhead
 from astream.engine.table import ShardTable
 from astream.engine.window import WindowConfig, WindowPlan, open_limit, shard_footprint
-from astream.errors import CacheError
+from astream.errors import CacheLimitError
 from astream.format import (
     ShardReader,
     decode_sample,
@@ -206,9 +206,10 @@ class ReaderPool:
             pin.release()
 
 
-def evicted_error(table: ShardTable, shard: int) -> CacheError:
-    """The error of a shard evicted again and again between its fetch and its pin."""
-    return CacheError(
+def evicted_error(table: ShardTable, shard: int) -> CacheLimitError:
+    """The error of a shard evicted again and again between its fetch and its pin (a
+    ``ValueError`` too, as mosaicml-streaming's error for a cache too small)."""
+    return CacheLimitError(
         f"shard {table.shards[shard].raw.basename} was evicted from the cache three times "
         "before it could be read; raise cache_limit (see WindowConfig.min_cache_bytes) or "
         "shrink the prefetch window"

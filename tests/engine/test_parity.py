@@ -29,6 +29,7 @@ from astream import (
     UnsafeTypeError,
     streams_registry,
 )
+from astream.engine.prefetch import evicted_error
 from astream.engine.table import default_local
 from astream.errors import CacheError, ConfigError, WorldError
 from astream.format import compress, decompress
@@ -337,6 +338,9 @@ def test_error_classes_derive_from_the_reference_builtins(tmp_path: Path) -> Non
         StreamingDataset(local=str(tmp_path / "empty"))
     assert isinstance(empty.value, RuntimeError) and isinstance(empty.value, ValueError)
     assert issubclass(CacheLimitError, ValueError) and issubclass(CacheLimitError, OSError)
+    # A cache too small while iterating is a ValueError too, as in mosaicml-streaming.
+    table = StreamingDataset(local=str(write_mds(tmp_path / "data", 5))).table
+    assert isinstance(evicted_error(table, 0), CacheLimitError)
 
 
 # -- 9. environments and checkpoints ---------------------------------------------------------
