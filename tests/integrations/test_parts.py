@@ -154,3 +154,16 @@ def test_options_are_checked_before_any_task(tmp_path: Path) -> None:
         prepare_out(str(tmp_path), exist_ok=False, storage_options=None)
     prepare_out(str(tmp_path), exist_ok=True, storage_options=None)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_a_local_and_remote_pair_commits_to_the_remote(tmp_path: Path) -> None:
+    # mosaicml-streaming's out=(local, remote): each part is staged locally and uploaded.
+    stage, final = tmp_path / "stage", tmp_path / "final"
+    writer = PartWriter.checked((str(stage), f"file://{final}"), COLUMNS, {}, None)
+    results = [writer.write(part, 1, samples(part * 5, 5)) for part in range(2)]
+    index = commit(writer, results, merge=True)
+    assert index.samples == 10
+    assert (final / "index.json").exists() and not (stage / "index.json").exists()
+    for shard in index.shards:
+        assert (final / shard.raw.basename).exists()
+        assert not (stage / shard.raw.basename).exists()  # keep_local is off
