@@ -270,6 +270,13 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     (sync, in or out of DataLoader workers), ``async for`` it on your own loop, or index it
     (``dataset[i]``, slices, lists and arrays of ids) to fetch only the bytes those samples need.
 
+    Built outside an event loop, the constructor loads each stream's index (and runs the checks
+    that need it). Built inside a running loop (asyncio, or trio), it does no network I/O: the
+    index loads on first use, in a worker thread for ``async for`` and :meth:`load`
+    (``await dataset.load()``), synchronously for a sync accessor that needs it first
+    (``len()``, :attr:`size`, :attr:`table`, ``dataset[i]``, :meth:`state_dict`, ``for``).
+    ``async for`` never blocks the loop: see :meth:`__aiter__`.
+
     :param streams: the streams to mix; or give ``remote``/``local``/``split`` for one stream.
     :param remote: where the dataset lives (path or URL), for a single stream.
     :param local: the node-local cache directory (``None``: one under the system temp dir keyed
