@@ -310,6 +310,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     :param prefetch_shards: shards fetched ahead of the consumer (astream's own knob).
     :param prefetch_bytes: bytes fetched ahead of the consumer (int or ``"1gb"``).
     :param max_downloads: shards one process downloads at once.
+    :param cold_range_reads: read the first samples of a shuffled cold epoch by range requests
+        while their shards download (off by default: on loopback servers whole shards arrive
+        as soon; on a remote link the first batch no longer waits for nearly every shard).
     """
 
     def __init__(
@@ -343,6 +346,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         prefetch_shards: int = 4,
         prefetch_bytes: int | str = "1gb",
         max_downloads: int = 4,
+        cold_range_reads: bool = False,
     ) -> None:
         stream_list = self._build_streams(streams, remote, local, split, stream_name, stream_config)
         defaults = {
@@ -370,6 +374,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             bytes=parse_bytes(prefetch_bytes),
             samples=predownload if predownload is not None else 8 * (batch_size or 1),
             max_downloads=max_downloads,
+            range_reads=cold_range_reads,
         )
         self._sources = sources
         self._splits = [s.split for s in stream_list]

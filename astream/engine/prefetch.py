@@ -341,6 +341,8 @@ def iter_samples(
         local=local,
         allow_unsafe_types=allow_unsafe_types,
     )
+    if not window.range_reads:
+        ranges.close()
     ranges_event = ranges.next_event
 
     def start(shard: int) -> None:

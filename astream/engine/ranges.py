@@ -61,7 +61,7 @@ RANGE_BUDGET = 256
 RANGE_JUDGE_AFTER = 16
 #: The iteration's first reads that hold whole-shard downloads back until they are done (at
 #: most ``LEAD_WAIT``): the first samples then do not share the link with every shard.
-RANGE_LEADING = 1
+RANGE_LEADING = 0
 #: Reads an iteration starts with, before it knows the store serves them fast enough.
 RANGE_START = 2
 #: Range samples per second, over the first :data:`RANGE_START`, below which an iteration stops
@@ -244,8 +244,9 @@ class RangeAhead:
             self.close()
 
     def close(self) -> None:
-        """Cancel the reads not taken (their results are dropped)."""
+        """Cancel the reads not taken (their results are dropped); request no more."""
         self.active = False
+        self.next_event = 1 << 62
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()

@@ -85,6 +85,8 @@ class WindowConfig:
     :param open_shards: most shards the consumer keeps open (mapped, and pinned in an evictable
         cache); ``None`` (default): the fd rule of :func:`open_limit`. Shards are closed after
         their last use in the iteration anyway.
+    :param range_reads: a shuffled cold start reads its first samples by range requests while
+        their shards download (:mod:`astream.engine.ranges`).
     """
 
     shards: int = 4
@@ -92,6 +94,7 @@ class WindowConfig:
     samples: int = 0
     max_downloads: int = 4
     open_shards: int | None = None
+    range_reads: bool = False
 
     def __post_init__(self) -> None:
         for name in ("shards", "bytes", "max_downloads"):

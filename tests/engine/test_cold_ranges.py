@@ -53,7 +53,11 @@ def test_a_shuffled_cold_epoch_starts_with_range_reads(
 ) -> None:
     shards = len(list(source.glob("shard.*")))
     dataset = StreamingDataset(
-        remote=_serve(http_files, source), local=tmp_path / "cache", shuffle=True, batch_size=8
+        remote=_serve(http_files, source),
+        local=tmp_path / "cache",
+        shuffle=True,
+        batch_size=8,
+        cold_range_reads=True,
     )
     expected = dataset.worker_sample_ids(World(), 0, 0)
     assert _ids(dataset) == [int(i) for i in expected if i >= 0]
@@ -70,8 +74,20 @@ def test_a_shuffled_cold_epoch_starts_with_range_reads(
 def test_an_unshuffled_cold_epoch_reads_its_shards_as_they_land(
     http_files: HTTPFiles, source: Path, tmp_path: Path
 ) -> None:
-    dataset = StreamingDataset(remote=_serve(http_files, source), local=tmp_path / "cache")
+    dataset = StreamingDataset(
+        remote=_serve(http_files, source), local=tmp_path / "cache", cold_range_reads=True
+    )
     assert _ids(dataset) == list(range(N))
+    assert dataset.statistics().range_reads == 0
+
+
+def test_range_reads_are_off_by_default(
+    http_files: HTTPFiles, source: Path, tmp_path: Path
+) -> None:
+    dataset = StreamingDataset(
+        remote=_serve(http_files, source), local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    assert sorted(_ids(dataset)) == list(range(N))
     assert dataset.statistics().range_reads == 0
 
 
@@ -116,7 +132,11 @@ def test_two_workers_range_read_but_download_each_shard_once(
     logged: Path, source: Path, tmp_path: Path
 ) -> None:
     dataset = StreamingDataset(
-        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+        remote=f"{SCHEME}://{source}",
+        local=tmp_path / "cache",
+        shuffle=True,
+        batch_size=8,
+        cold_range_reads=True,
     )
     loader = StreamingDataLoader(
         dataset, batch_size=8, num_workers=2, collate_fn=list, multiprocessing_context="fork"
@@ -134,7 +154,7 @@ def test_two_workers_range_read_but_download_each_shard_once(
 def test_no_range_reads_where_bytes_cannot_be_checked_or_located(
     kind: str, tmp_path: Path, http_files: HTTPFiles
 ) -> None:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"cold_range_reads": True}
     if kind == "validate_hash":
         src = write_mds(tmp_path / "src", 600, size_limit=16_000, payload=PAYLOAD, hashes=["sha1"])
         options["validate_hash"] = "sha1"
@@ -164,7 +184,11 @@ def test_range_reads_slower_than_the_shards_stop(
 ) -> None:
     register_store(SCHEME, SlowRangesStore, replace=True)
     dataset = StreamingDataset(
-        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+        remote=f"{SCHEME}://{source}",
+        local=tmp_path / "cache",
+        shuffle=True,
+        batch_size=8,
+        cold_range_reads=True,
     )
     assert sorted(_ids(dataset)) == list(range(N))
     stats = dataset.statistics()
