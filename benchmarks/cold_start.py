@@ -57,16 +57,13 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
     from astream import StreamingDataLoader, StreamingDataset
-    from astream.engine import fetch
 
-    if args["range_reads"] == "off":
-        fetch.Fetcher.can_range_read = lambda self, shard: False  # type: ignore[method-assign]
     dataset = StreamingDataset(
         remote=args["url"],
         local=args["cache"],
         batch_size=args["batch"],
         shuffle=args["shuffle"],
-        **args["dataset"],
+        cold_range_reads=args["range_reads"] == "on",
     )
     loader = StreamingDataLoader(
         dataset, batch_size=args["batch"], num_workers=args["workers"], collate_fn=collate
@@ -148,7 +145,6 @@ def main() -> None:
                         "workers": options.workers,
                         "shuffle": shuffle,
                         "range_reads": ranges,
-                        "dataset": {},
                     }
                     child_env = {**os.environ, **env}
                     out = subprocess.run(

@@ -61,7 +61,7 @@ RANGE_BUDGET = 256
 RANGE_JUDGE_AFTER = 16
 #: The iteration's first reads that hold whole-shard downloads back until they are done (at
 #: most ``LEAD_WAIT``): the first samples then do not share the link with every shard.
-RANGE_LEADING = 0
+RANGE_LEADING = 1
 #: Reads an iteration starts with, before it knows the store serves them fast enough.
 RANGE_START = 2
 #: Range samples per second, over the first :data:`RANGE_START`, below which an iteration stops
