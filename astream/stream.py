@@ -233,7 +233,7 @@ class StreamRegistry:
         return iter(list(self._entries))
 
 
-#: The registry ``StreamingDataset(stream_name=...)`` looks names up in; ``"stream"`` is
-#: :class:`Stream`.
 streams_registry = StreamRegistry()
+"""The registry ``StreamingDataset(stream_name=...)`` looks names up in; ``"stream"`` is
+:class:`Stream`."""
 streams_registry.register("stream", func=Stream)
