@@ -98,3 +98,20 @@ def test_dataset_arguments_are_named_as_given(
         writer.write({"a": 1})
     with pytest.raises(ConfigError, match=message):
         StreamingDataset(local=tmp_path, **kwargs)
+
+
+# The `raise ValueError` left in the library, each an internal signal its caller turns into an
+# astream error (or an invariant no caller can reach), never what a user sees.
+INTERNAL_VALUE_ERRORS = {
+    "astream/format/codecs.py": 2,  # truncated zstd/brotli streams: decompress* wrap them
+    "astream/engine/table.py": 1,  # ShardTable's own invariant: one index per stream
+}
+
+
+def test_the_library_raises_its_own_errors() -> None:
+    root = Path(__file__).resolve().parent.parent
+    found = {
+        str(path.relative_to(root)): path.read_text().count("raise ValueError(")
+        for path in sorted((root / "astream").rglob("*.py"))
+    }
+    assert {k: v for k, v in found.items() if v} == INTERNAL_VALUE_ERRORS

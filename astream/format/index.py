@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astream.errors import IndexFormatError
+from astream.errors import ConfigError, IndexFormatError
 from astream.format.atomic import write_atomic
 from astream.format.codecs import is_compression
 from astream.format.hashing import is_hash
@@ -160,8 +160,9 @@ def check_basename(basename: str, where: str) -> None:
         )
 
 
-class _Reader:
-    """Typed field access with the field path in every error."""
+class _IndexFields:
+    """Reads an index's JSON fields with their types checked, naming the field's path
+    (``shards[3].raw_data.bytes``) in every :class:`IndexFormatError`. Not a shard reader."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -225,7 +226,7 @@ def _json_name(names: str) -> str:
     )
 
 
-def _check_room(reader: _Reader, path: str, samples: int, info: FileInfo, key: str) -> None:
+def _check_room(fields: _IndexFields, path: str, samples: int, info: FileInfo, key: str) -> None:
     """Refuse a sample count that the file holding its offsets is too small for.
 
     Checked before anything is sized from the count: each sample has at least its uint32
@@ -234,42 +235,42 @@ def _check_room(reader: _Reader, path: str, samples: int, info: FileInfo, key: s
     """
     header = 4 + 4 * (samples + 1)
     if header > info.bytes:
-        raise reader.fail(
+        raise fields.fail(
             f"{path}.samples",
             f"{samples} samples need a {header}-byte header, but {key} "
             f"({info.basename}) is {info.bytes} bytes",
         )
 
 
-def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
-    reader.check(obj, path, dict)
-    fmt: str = reader.get(obj, "format", path, str)
+def _shard(fields: _IndexFields, obj: Any, path: str) -> ShardInfo:
+    fields.check(obj, path, dict)
+    fmt: str = fields.get(obj, "format", path, str)
     if fmt not in SHARD_FORMATS:
-        raise reader.fail(f"{path}.format", f"unknown shard format {fmt!r}")
-    version = reader.get(obj, "version", path, int) if "version" in obj else 2
+        raise fields.fail(f"{path}.format", f"unknown shard format {fmt!r}")
+    version = fields.get(obj, "version", path, int) if "version" in obj else 2
     if version != 2:
-        raise reader.fail(f"{path}.version", f"unsupported shard version {version}; expected 2")
-    samples = reader.count(obj, "samples", path)
+        raise fields.fail(f"{path}.version", f"unsupported shard version {version}; expected 2")
+    samples = fields.count(obj, "samples", path)
     compression = (
-        reader.get(obj, "compression", path, (str, type(None))) if "compression" in obj else None
+        fields.get(obj, "compression", path, (str, type(None))) if "compression" in obj else None
     )
     compression = compression or None
     if compression is not None and not is_compression(compression):
-        raise reader.fail(f"{path}.compression", f"unknown compression {compression!r}")
-    hashes = reader.strings(obj, "hashes", path) if "hashes" in obj else ()
+        raise fields.fail(f"{path}.compression", f"unknown compression {compression!r}")
+    hashes = fields.strings(obj, "hashes", path) if "hashes" in obj else ()
     for i, algo in enumerate(hashes):
         if not is_hash(algo):
-            raise reader.fail(f"{path}.hashes[{i}]", f"unknown hash algorithm {algo!r}")
+            raise fields.fail(f"{path}.hashes[{i}]", f"unknown hash algorithm {algo!r}")
     size_limit = obj.get("size_limit")
     if size_limit is not None:
-        size_limit = reader.count(obj, "size_limit", path)
+        size_limit = fields.count(obj, "size_limit", path)
     if samples > _MAX_SAMPLES:
-        raise reader.fail(f"{path}.samples", f"{samples} does not fit a shard's uint32 count")
-    raw = reader.file_info(obj, "raw_data", path, optional=False)
+        raise fields.fail(f"{path}.samples", f"{samples} does not fit a shard's uint32 count")
+    raw = fields.file_info(obj, "raw_data", path, optional=False)
     assert raw is not None
-    zip_ = reader.file_info(obj, "zip_data", path, optional=True)
+    zip_ = fields.file_info(obj, "zip_data", path, optional=True)
     if (zip_ is None) != (compression is None):
-        raise reader.fail(f"{path}.zip_data", "must be present exactly when compression is set")
+        raise fields.fail(f"{path}.zip_data", "must be present exactly when compression is set")
     common: dict[str, Any] = {
         "format": fmt,
         "samples": samples,
@@ -281,41 +282,41 @@ def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
         "entry": obj,
     }
     if fmt == "mds":
-        names = reader.strings(obj, "column_names", path)
-        encodings = reader.strings(obj, "column_encodings", path)
-        sizes_raw = reader.get(obj, "column_sizes", path, list)
+        names = fields.strings(obj, "column_names", path)
+        encodings = fields.strings(obj, "column_encodings", path)
+        sizes_raw = fields.get(obj, "column_sizes", path, list)
         sizes = tuple(
-            None if size is None else reader.check(size, f"{path}.column_sizes[{i}]", int)
+            None if size is None else fields.check(size, f"{path}.column_sizes[{i}]", int)
             for i, size in enumerate(sizes_raw)
         )
         if any(size is not None and size < 0 for size in sizes):
-            raise reader.fail(f"{path}.column_sizes", "cannot hold negative sizes")
+            raise fields.fail(f"{path}.column_sizes", "cannot hold negative sizes")
         if not len(names) == len(encodings) == len(sizes):
-            raise reader.fail(
+            raise fields.fail(
                 path, "column_names, column_encodings and column_sizes differ in length"
             )
-        _check_room(reader, path, samples, raw, "raw_data")
+        _check_room(fields, path, samples, raw, "raw_data")
         return ShardInfo(
             **common, column_names=names, column_encodings=encodings, column_sizes=sizes
         )
-    raw_meta = reader.file_info(obj, "raw_meta", path, optional=False)
+    raw_meta = fields.file_info(obj, "raw_meta", path, optional=False)
     assert raw_meta is not None
-    _check_room(reader, path, samples, raw_meta, "raw_meta")
+    _check_room(fields, path, samples, raw_meta, "raw_meta")
     if samples > raw.bytes:  # every row or line ends with a non-empty newline
-        raise reader.fail(
+        raise fields.fail(
             f"{path}.samples",
             f"{samples} samples cannot fit raw_data of {raw.bytes} bytes (one byte or more each)",
         )
-    zip_meta = reader.file_info(obj, "zip_meta", path, optional=True)
+    zip_meta = fields.file_info(obj, "zip_meta", path, optional=True)
     if (zip_meta is None) != (compression is None):
-        raise reader.fail(f"{path}.zip_meta", "must be present exactly when compression is set")
-    newline: str = reader.get(obj, "newline", path, str) if "newline" in obj else "\n"
+        raise fields.fail(f"{path}.zip_meta", "must be present exactly when compression is set")
+    newline: str = fields.get(obj, "newline", path, str) if "newline" in obj else "\n"
     if not newline:
-        raise reader.fail(f"{path}.newline", "cannot be empty")
+        raise fields.fail(f"{path}.newline", "cannot be empty")
     if fmt == "json":
-        columns = reader.get(obj, "columns", path, dict)
+        columns = fields.get(obj, "columns", path, dict)
         for name, kind in columns.items():
-            reader.check(kind, f"{path}.columns.{name}", str)
+            fields.check(kind, f"{path}.columns.{name}", str)
         return ShardInfo(
             **common,
             column_names=tuple(columns),
@@ -324,15 +325,15 @@ def _shard(reader: _Reader, obj: Any, path: str) -> ShardInfo:
             zip_meta=zip_meta,
             newline=newline,
         )
-    names = reader.strings(obj, "column_names", path)
-    encodings = reader.strings(obj, "column_encodings", path)
+    names = fields.strings(obj, "column_names", path)
+    encodings = fields.strings(obj, "column_encodings", path)
     if len(names) != len(encodings):
-        raise reader.fail(path, "column_names and column_encodings differ in length")
+        raise fields.fail(path, "column_names and column_encodings differ in length")
     separator = _SEPARATORS.get(fmt)
     if separator is None:
-        separator = reader.get(obj, "separator", path, str)
+        separator = fields.get(obj, "separator", path, str)
     if not separator:
-        raise reader.fail(f"{path}.separator", "cannot be empty")
+        raise fields.fail(f"{path}.separator", "cannot be empty")
     return ShardInfo(
         **common,
         column_names=names,
@@ -358,23 +359,23 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         # RecursionError: arrays or objects nested thousands deep.
         raise IndexFormatError(f"{source}: not valid JSON: {exc}") from exc
-    reader = _Reader(source)
-    reader.check(obj, "index", dict)
+    fields = _IndexFields(source)
+    fields.check(obj, "index", dict)
     if INCOMPLETE_KEY in obj:
         raise IndexFormatError(
             f"{source}: this dataset is being written over, or its writer stopped before it "
             f"finished ({obj[INCOMPLETE_KEY]!s:.200}); no index names its shards yet"
         )
-    version = reader.get(obj, "version", "", int)
+    version = fields.get(obj, "version", "", int)
     if version != 2:
-        raise reader.fail("version", f"unsupported index version {version}; expected 2")
-    entries = reader.get(obj, "shards", "", list)
-    shards = tuple(_shard(reader, entry, f"shards[{i}]") for i, entry in enumerate(entries))
+        raise fields.fail("version", f"unsupported index version {version}; expected 2")
+    entries = fields.get(obj, "shards", "", list)
+    shards = tuple(_shard(fields, entry, f"shards[{i}]") for i, entry in enumerate(entries))
     seen: dict[str, int] = {}
     for i, shard in enumerate(shards):
         for basename in shard.basenames:
             if basename in seen:
-                raise reader.fail(
+                raise fields.fail(
                     f"shards[{i}]",
                     f"basename {basename!r} is also used by shards[{seen[basename]}]",
                 )
@@ -385,7 +386,7 @@ def load_index(data: bytes | str, *, source: str) -> DatasetIndex:
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
             if folder in seen:
-                raise reader.fail(
+                raise fields.fail(
                     f"shards[{i}]",
                     f"basename {basename!r} uses {folder!r}, a file of shards[{seen[folder]}], "
                     "as a folder",
@@ -446,7 +447,7 @@ def merge_index(
     elif index_files is not None and isinstance(index_files, str | os.PathLike):
         raise TypeError("merge_index(out, index_files): index_files must be a list of paths")
     if "://" in os.fspath(out):
-        raise ValueError(
+        raise ConfigError(
             f"merge_index: {os.fspath(out)} is a URL; astream.merge_index merges on stores "
             "(this one merges local folders only)"
         )

@@ -141,7 +141,7 @@ class PartWriter:
         """A writer whose options were checked here, on the driver (before any task runs).
 
         :raises TypeError: an option that :class:`~astream.writers.MDSWriter` does not take.
-        :raises ValueError: a bad compression, hash, size limit (the writer's own messages).
+        :raises ConfigError: a bad compression, hash, size limit (the writer's own messages).
         :raises EncodingError: an unknown column encoding.
         """
         kept: dict[str, Any] = {}

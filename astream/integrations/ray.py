@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from astream.engine.loop import io_loop
-from astream.errors import MissingDependencyError
+from astream.errors import ConfigError, MissingDependencyError
 from astream.format import DatasetIndex, ShardInfo, decompress_file, load_index, open_shard
 from astream.integrations.parts import (
     Out,
@@ -88,7 +88,7 @@ class MDSDatasink(Datasink[PartResult]):
         **writer_kwargs: Any,
     ) -> None:
         if min_rows_per_write is not None and min_rows_per_write < 1:
-            raise ValueError(f"min_rows_per_write must be >= 1, got {min_rows_per_write}")
+            raise ConfigError(f"min_rows_per_write must be >= 1, got {min_rows_per_write}")
         self._min_rows_per_write = min_rows_per_write
         self.out = out
         self.columns = dict(columns or {})
@@ -195,7 +195,7 @@ class MDSDatasource(Datasource):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if shards_per_task is not None and shards_per_task < 1:
-            raise ValueError(f"shards_per_task must be >= 1, got {shards_per_task}")
+            raise ConfigError(f"shards_per_task must be >= 1, got {shards_per_task}")
         self.url = os.fspath(url)
         self.shards_per_task = shards_per_task
         self.storage_options = dict(storage_options or {})
