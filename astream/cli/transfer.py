@@ -62,6 +62,7 @@ def run_convert(args: argparse.Namespace) -> int:
             on_samples=on_samples,
             on_units=on_units,
             on_bytes=None if upload is None else upload.update,
+            on_upload_total=None if upload is None else upload.set_total,
         )
     size = sum(info.bytes for info in stored_files(index))
     sys.stdout.write(

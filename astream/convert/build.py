@@ -256,6 +256,7 @@ def convert(
     on_samples: Callable[[int], None] | None = None,
     on_units: Callable[[int, int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    on_upload_total: Callable[[int], None] | None = None,
 ) -> DatasetIndex:
     """Write ``source`` as a dataset at ``dst``: a local folder or any store URL.
 
@@ -265,6 +266,8 @@ def convert(
 
     :param overwrite: replace what is at ``dst`` (a local folder's contents; a remote index).
     :param on_bytes: called with each uploaded file's size (remote ``dst`` with workers).
+    :param on_upload_total: called once with the bytes to upload, before that upload starts
+        (remote ``dst`` with workers).
     :raises FileExistsError: when ``dst`` holds data and ``overwrite`` is false.
 
     The other parameters are :func:`write_dataset`'s.
@@ -289,5 +292,5 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="astream-convert-") as scratch:
         local = Path(scratch) / "dataset"
         index = write_dataset(source, local, **kwargs)
-        copy_dataset(str(local), dst, overwrite=True, on_bytes=on_bytes)
+        copy_dataset(str(local), dst, overwrite=True, on_bytes=on_bytes, on_total=on_upload_total)
     return index

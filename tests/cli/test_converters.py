@@ -327,13 +327,18 @@ def test_convert_to_s3(run: Run, image_folder: Path, tmp_path: Path, s3: str) ->
     assert [s["label"] for s in read_dataset(back)[1]] == [0] * 4 + [1] * 4 + [2] * 4
     exists = run("convert", image_folder, url)
     assert exists.status == 1 and "a dataset exists at" in exists.err
+    uploaded: list[int] = []
+    totals: list[int] = []
     parallel = convert(
         ImageFolder(image_folder),
         f"s3://{s3}/parallel",
         options=WriterOptions(size_limit="2kb"),
         workers=2,
+        on_bytes=uploaded.append,
+        on_upload_total=totals.append,
     )
     assert parallel.samples == 12
+    assert totals == [sum(uploaded)] and sum(uploaded) > 0  # the upload bar's total
     assert run("verify", f"s3://{s3}/parallel").status == 0
 
 
