@@ -279,6 +279,11 @@ def _part_loader(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, 
         rows += part_rows
         targets += _vs_best_targets(where + " DataLoader", found, 1.5, (True,))
         targets += _first_batch_targets(where + " DataLoader", found, cfg.workers)
+        for w in cfg.workers:
+            ours = found.get((True, w), {}).get("astream")
+            base = found.get((False, w), {}).get("astream")
+            label = f"{where} DataLoader, w{w}: astream shuffled / astream unshuffled samples/s"
+            targets.append(target(label, _ratio(_rate(ours), _rate(base)), ">=", 0.5))
     return rows, targets
 
 
