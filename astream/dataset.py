@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
+from astream._warn import warn_at_caller
 from astream.engine.cache import ShardCache, claim_source, fetch_index, folder_bytes
 from astream.engine.fetch import Counters, EngineStatistics, Fetcher, make_caches, remote_bytes
 from astream.engine.loop import IOLoop, io_loop
@@ -483,7 +483,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             window_shards=self.window.shards,
         )
         if not found.fits:
-            warnings.warn(found.message, CacheLimitWarning, stacklevel=4)
+            warn_at_caller(found.message, CacheLimitWarning)
 
     # -- construction: streams, checks and warnings as mosaicml-streaming makes them --------
 
@@ -563,11 +563,10 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         """mosaicml-streaming's warnings about settings that work but read slowly or poorly."""
         config = self.plan.config
         if config.batch_size is not None and self.predownload < config.batch_size:
-            warnings.warn(
+            warn_at_caller(
                 f"predownload < batch_size ({self.predownload} < {config.batch_size}): each "
                 "batch may wait for its shards; set predownload to at least batch_size",
                 UserWarning,
-                stacklevel=3,
             )
         if config.shuffle and config.shuffle_algo == "py1e":
             try:
@@ -577,12 +576,11 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
             block = self.plan.resolved_shuffle_block_size(world)
             largest = max(shard.samples for shard in self.table.shards)
             if largest > block:
-                warnings.warn(
+                warn_at_caller(
                     f"shuffle_block_size={block} is smaller than the largest shard "
                     f"({largest} samples): such shards are not shuffled with other shards. Set "
                     "shuffle_block_size to a larger value for a better shuffle",
                     UserWarning,
-                    stacklevel=3,
                 )
 
     def _world(self) -> World:

@@ -316,8 +316,10 @@ def test_a_loader_with_workers_needs_the_dataset_batch_size(tmp_path: Path) -> N
 
 def test_the_reference_warnings(tmp_path: Path) -> None:
     data = write_mds(tmp_path / "data", 100, size_limit=4000)
-    with pytest.warns(UserWarning, match=r"predownload < batch_size \(2 < 4\)"):
+    with pytest.warns(UserWarning, match=r"predownload < batch_size \(2 < 4\)") as caught:
         StreamingDataset(local=str(data), batch_size=4, predownload=2)
+    # Attributed to the caller's line, not to a line inside astream.
+    assert [w.filename for w in caught] == [__file__]
     with pytest.warns(UserWarning, match="shuffle_block_size=5 is smaller than the largest shard"):
         StreamingDataset(local=str(data), shuffle=True, shuffle_block_size=5)
     with warnings.catch_warnings():
