@@ -76,6 +76,7 @@ __all__ = [
     "claim_source",
     "fetch_index",
     "folder_bytes",
+    "peak_bytes",
 ]
 
 _META_DIR = META_DIR
@@ -195,6 +196,12 @@ def _file_pairs(shard: ShardInfo) -> list[tuple[FileInfo, FileInfo | None]]:
         pairs.append((shard.raw_meta, shard.zip_meta))
     pairs.append((shard.raw, shard.zip))
     return pairs
+
+
+def peak_bytes(shard: ShardInfo) -> int:
+    """Bytes a shard occupies in the cache at its peak: its raw files plus their compressed
+    ones, which lie beside the raw files while they decompress (kept afterwards or not)."""
+    return sum(raw.bytes + (0 if z is None else z.bytes) for raw, z in _file_pairs(shard))
 
 
 def _complete_in(folder: Path, shard: ShardInfo) -> bool:
@@ -408,7 +415,7 @@ class ShardCache:
                         _remove_temps(self.root / info.basename)
             if self.evictable and self.limit is not None:
                 await anyio.to_thread.run_sync(
-                    self._evict, self._bytes_needed(shard) + _STAMP_ALLOWANCE, shard.raw.basename
+                    self._evict, peak_bytes(shard) + _STAMP_ALLOWANCE, shard.raw.basename
                 )
             for raw, zip_info in _file_pairs(shard):
                 is_data = raw is shard.raw
@@ -437,12 +444,6 @@ class ShardCache:
         finally:
             lock.release()
         return path
-
-    @staticmethod
-    def _bytes_needed(shard: ShardInfo) -> int:
-        # Peak bytes a fetch adds: the compressed file exists beside the raw one while it
-        # decompresses, whether or not it is kept afterwards.
-        return sum(raw.bytes + (0 if z is None else z.bytes) for raw, z in _file_pairs(shard))
 
     async def _fetch_file(
         self,

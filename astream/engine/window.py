@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from astream.engine.cache import peak_bytes
 from astream.engine.table import ShardTable
 from astream.errors import ConfigError
 
@@ -62,15 +63,8 @@ def open_limit(*, pinned: bool, configured: int | None = None) -> int:
 
 
 def shard_footprint(table: ShardTable) -> NDArray[np.int64]:
-    """Bytes each shard occupies in the cache at its peak (raw, plus its compressed file,
-    which lies beside the raw one while it decompresses)."""
-    sizes = []
-    for shard in table.shards:
-        size = 0
-        for info in (shard.raw, shard.zip, shard.raw_meta, shard.zip_meta):
-            size += 0 if info is None else info.bytes
-        sizes.append(size)
-    return np.asarray(sizes, dtype=np.int64)
+    """:func:`~astream.engine.cache.peak_bytes` of each shard of ``table``."""
+    return np.asarray([peak_bytes(shard) for shard in table.shards], dtype=np.int64)
 
 
 @dataclass(frozen=True, kw_only=True)
