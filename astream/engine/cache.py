@@ -748,21 +748,10 @@ class ShardCache:
             for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
                 if usage + needed <= limit:
                     break
-                lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
-                if lock is None:
+                if not self._delete_unheld(name, files, size):
                     continue  # pinned or downloading
-                with lock:
-                    # Raw files first: once one is gone the shard is no longer ready, and a
-                    # stamp left by a kill right here is harmless (its files count 0 bytes).
-                    for path in files:
-                        # Basenames are checked, but a folder on the way may be a symlink.
-                        if self._inside(path):
-                            _unlink(path)
-                    _unlink(self._meta / "shards" / name)
                 usage -= size
                 freed += size
-                if size:
-                    self._count(evictions=1, bytes_evicted=size)
             if usage + needed > limit:
                 raise CacheLimitError(
                     f"cannot make room for {what} ({needed} bytes) in {self.root}: "
@@ -772,6 +761,24 @@ class ShardCache:
                     "times the largest shard; see astream.dataset.cache_limit_minimum)"
                 )
             return freed
+
+    def _delete_unheld(self, name: str, files: list[Path], size: int) -> bool:
+        """Delete one stamped shard (its files, then its stamp) unless a process pins or
+        downloads it; whether it was deleted. The caller holds the cache-wide lock."""
+        lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
+        if lock is None:
+            return False
+        with lock:
+            # Raw files first: once one is gone the shard is no longer ready, and a stamp left
+            # by a kill right here is harmless (its files count 0 bytes).
+            for path in files:
+                # Basenames are checked, but a folder on the way may be a symlink.
+                if self._inside(path):
+                    _unlink(path)
+            _unlink(self._meta / "shards" / name)
+        if size:
+            self._count(evictions=1, bytes_evicted=size)
+        return True
 
     def evict_one(self, shard: ShardInfo) -> int:
         """Delete one shard's files now (mosaicml-streaming's ``evict_shard``).
@@ -821,18 +828,8 @@ class ShardCache:
         self._ensure_dirs()
         with FileLock.acquire(self._meta / "cache.lock"):
             for _, name, files, size in sorted(self._entries(), key=lambda e: (e[0], e[1])):
-                if not size:
-                    continue
-                lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
-                if lock is None:
-                    continue
-                with lock:
-                    for path in files:
-                        if self._inside(path):
-                            _unlink(path)
-                    _unlink(self._meta / "shards" / name)
-                self._count(evictions=1, bytes_evicted=size)
-                return size
+                if size and self._delete_unheld(name, files, size):
+                    return size
         return 0
 
     def __getstate__(self) -> dict[str, Any]:
