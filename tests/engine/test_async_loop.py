@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -141,3 +143,54 @@ def test_the_async_driver_hands_over_items_errors_and_closes(backend: str) -> No
         assert closed.wait(30)
 
     anyio.run(main, backend=backend)
+
+
+_IMPORTS_ON_THE_LOOP = """
+import sys, threading
+import {lib}
+from astream import StreamingDataset  # a program imports at its top, outside the loop
+
+loop_thread, imported = [], []
+
+
+def audit(event, args):
+    if event == "import" and loop_thread and threading.get_ident() == loop_thread[0]:
+        imported.append(args[0])
+
+
+sys.addaudithook(audit)
+
+
+async def main():
+    loop_thread.append(threading.get_ident())
+    dataset = StreamingDataset(remote=sys.argv[1], local=sys.argv[2], shuffle=True, batch_size=8)
+    count = 0
+    async for _ in dataset:
+        count += 1
+    loop_thread.clear()
+    return count
+
+
+print({run}, sorted(set(imported)))
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_nothing_is_imported_on_the_loop(served: str, tmp_path: Path, backend: str) -> None:
+    # An import on the loop's thread stalls every task for as long as it takes (anyio's
+    # backend module: ~25 ms on its first worker thread). A fresh interpreter, as a program,
+    # its loop started by asyncio or trio itself (anyio.run would load anyio's backend first).
+    run = "asyncio.run(main())" if backend == "asyncio" else "trio.run(main)"
+    script = _IMPORTS_ON_THE_LOOP.format(lib=backend, run=run)
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", script, served, str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        .stdout.strip()
+        .split(maxsplit=1)
+    )
+    assert out == [str(N), "[]"], out
