@@ -88,7 +88,7 @@ _ACQUIRE_TRIES = 4
 # A stamp lists a shard's few file names; anything much larger was not written by a cache.
 _MAX_STAMP_BYTES = 1 << 16
 # Room a fetch makes beyond the shard's files for the LRU stamp it writes (a few dozen bytes),
-# since the limit counts every byte of the directory.
+# since the limit counts every byte of the directory. Its reservation (below) is left out.
 _STAMP_ALLOWANCE = 256
 
 
@@ -172,6 +172,28 @@ def _remove_temps(final: Path) -> None:
     for entry in entries:
         if entry.name.startswith(prefix):
             _unlink(Path(entry.path))
+
+
+def _bytes_with_temps(final: Path) -> int:
+    """Bytes of ``final`` and of its temporary files (a download or decompression under way)."""
+    total = 0
+    prefix = f".{final.name}{_TMP_MARKER}"
+    with contextlib.suppress(OSError):
+        total += os.lstat(final).st_size
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return total
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _shard_basenames(shard: ShardInfo) -> list[str]:
+    """Every file a shard may have in the cache: raw files and their compressed ones."""
+    return [info.basename for pair in _file_pairs(shard) for info in pair if info is not None]
 
 
 def folder_bytes(root: Path) -> int:
@@ -304,6 +326,9 @@ class ShardCache:
     def _stamp_path(self, shard: ShardInfo) -> Path:
         return self._meta / "shards" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.json"
 
+    def _reservation_path(self, shard: ShardInfo) -> Path:
+        return self._meta / "reserved" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.json"
+
     def _inside(self, path: Path) -> bool:
         """Whether ``path``'s folder, symlinks resolved, lies in the root and outside the
         cache's own ``.astream/`` (``path`` itself may be a symlink: unlinking removes the link).
@@ -414,8 +439,9 @@ class ShardCache:
                     ):
                         _remove_temps(self.root / info.basename)
             if self.evictable and self.limit is not None:
+                # Makes room and reserves it until this download's files hold it (below).
                 await anyio.to_thread.run_sync(
-                    self._evict, peak_bytes(shard) + _STAMP_ALLOWANCE, shard.raw.basename
+                    self._evict, peak_bytes(shard) + _STAMP_ALLOWANCE, shard
                 )
             for raw, zip_info in _file_pairs(shard):
                 is_data = raw is shard.raw
@@ -442,6 +468,7 @@ class ShardCache:
             self._count(misses=1)
             self.touch(shard)
         finally:
+            _unlink(self._reservation_path(shard))
             lock.release()
         return path
 
@@ -728,11 +755,11 @@ class ShardCache:
             return self._evict(0, None)
         return 0
 
-    def _evict(self, needed: int, for_shard: str | None) -> int:
+    def _evict(self, needed: int, for_shard: ShardInfo | None) -> int:
         limit = self.limit
         if limit is None:
             return 0
-        what = f"shard {for_shard}" if for_shard else "the request"
+        what = f"shard {for_shard.raw.basename}" if for_shard else "the request"
         if needed > limit:
             raise CacheLimitError(
                 f"{what} needs {needed} bytes on disk, more than cache_limit={limit} bytes at "
@@ -741,8 +768,9 @@ class ShardCache:
         self._ensure_dirs()
         with FileLock.acquire(self._meta / "cache.lock"):
             entries = self._entries()
-            # Every byte of the directory counts, not only the shards that can be evicted.
-            usage = folder_bytes(self.root)
+            # Every byte of the directory counts, not only the shards that can be evicted, and
+            # so does the room other downloads reserved that their files do not fill yet.
+            usage = folder_bytes(self.root) + self._reserved_unfilled()
             freed = 0
             # Oldest stamp first; the name breaks ties so the order is the same in every process.
             for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
@@ -760,7 +788,70 @@ class ShardCache:
                     "minimum: the index plus, per consumer of the node, 1 + prefetch_shards "
                     "times the largest shard; see astream.dataset.cache_limit_minimum)"
                 )
+            if for_shard is not None:
+                self._reserve(for_shard, needed)
             return freed
+
+    # -- reservations: room made for a download before its files exist -------------------------
+    #
+    # A download makes room (above) before its files exist. Without a record, another
+    # process's eviction pass that runs meanwhile would not see that room taken and would fill
+    # it too, and concurrent downloads would overshoot the limit together. So the room is
+    # written down, under the cache lock, as ``.astream/reserved/<shard>.json``; every pass
+    # counts a reservation's bytes that its shard's files (and their temporary files) do not
+    # hold yet. The fetch deletes it when it ends, however it ends; one left by a killed
+    # process is deleted by the next pass that finds its shard's lock free.
+
+    def _reserve(self, shard: ShardInfo, needed: int) -> None:
+        files = [name for name in _shard_basenames(shard) if _belongs(shard.raw.basename, name)]
+        path = self._reservation_path(shard)
+        path.parent.mkdir(exist_ok=True)
+        tmp = _temp_name(path)
+        try:
+            tmp.write_text(json.dumps({"files": files, "bytes": needed}), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            _unlink(tmp)
+
+    def _reserved_unfilled(self) -> int:
+        """Bytes that downloads in flight reserved and their files do not hold yet. The caller
+        holds the cache-wide lock."""
+        folder = self._meta / "reserved"
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return 0
+        total = 0
+        for entry in entries:
+            if _TMP_MARKER in entry.name or not entry.name.endswith(".json"):
+                continue
+            try:
+                free = FileLock.try_acquire(self._meta / "locks" / f"{entry.name[:-5]}.lock")
+            except OSError:
+                continue  # a name no shard of ours has (too long for a lock file)
+            if free is not None:
+                # Nobody downloads (or reads) that shard: left by a killed process.
+                with free:
+                    _unlink(Path(entry.path))
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                with open(entry.path, "rb") as handle:
+                    data = handle.read(_MAX_STAMP_BYTES + 1)
+                reserved = json.loads(data)["bytes"]
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
+                continue  # torn or not ours
+            files = _stamp_files(entry.name, data)
+            if (
+                files is None
+                or not isinstance(reserved, int)
+                or not 0 < reserved <= (self.limit or 0)
+            ):
+                continue  # not one a cache could have written
+            held = sum(_bytes_with_temps(self.root / name) for name in files)
+            total += max(0, reserved - held)
+        return total
 
     def _delete_unheld(self, name: str, files: list[Path], size: int) -> bool:
         """Delete one stamped shard (its files, then its stamp) unless a process pins or

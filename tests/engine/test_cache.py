@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import multiprocessing
 import os
 import pickle
@@ -23,7 +24,7 @@ from cache_worker import (
 
 from astream.engine.cache import ShardCache, fetch_index
 from astream.errors import CacheError, FormatError, ObjectNotFoundError, ShardCorruptError
-from astream.format import LocalJSONWriter, load_index
+from astream.format import LocalJSONWriter, ShardInfo, load_index
 
 SIZE = 10_000
 
@@ -421,3 +422,70 @@ async def test_the_limit_counts_every_byte_of_the_directory(
     assert [cache.is_ready(s) for s in shards] == [False, True]
     assert cache.usage() == _bytes_under(local) <= 2 * SIZE + 100
     assert cache.stats().evictions == 1
+
+
+class _GatedStore(CountingStore):
+    """Downloads wait at ``gate`` until it is set (``entered`` says one is waiting)."""
+
+    def __init__(self, remote: Path, log: Path) -> None:
+        super().__init__(remote, log)
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().read_range(key, start, end)
+
+
+def _room(shard: ShardInfo) -> int:
+    """What a compressed shard occupies at its peak: raw and compressed files together."""
+    assert shard.zip is not None
+    return shard.raw.bytes + shard.zip.bytes
+
+
+@pytest.mark.anyio
+async def test_concurrent_downloads_do_not_overshoot_the_limit(
+    remote: Path, local: Path, log: Path
+) -> None:
+    # Two caches on one directory are two processes of a node. A's download has made room
+    # for its shard (raw + compressed: it decompresses later) and has written only part of it
+    # when B makes room for its own: B must count A's room as taken and evict the old shard,
+    # or the directory ends over the limit once A decompresses.
+    shards = write_dataset(remote, [SIZE] * 3, compression="zstd")
+    store = CountingStore(remote, log)
+    await fetch_index(store, local)
+    index = (local / "index.json").stat().st_size
+    limit = index + _room(shards[0]) + _room(shards[1]) + 1024  # and the stamps
+    a, b = ShardCache(local, limit=limit), ShardCache(local, limit=limit)
+    await b.fetch(store, shards[2])  # an older shard, raw only now
+    gated = _GatedStore(remote, log)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.fetch, gated, shards[0])
+        await gated.entered.wait()  # A has made its room and is downloading
+        await b.fetch(store, shards[1])
+        gated.gate.set()
+    assert [a.is_ready(s) for s in shards] == [True, True, False]
+    assert _bytes_under(local) <= limit
+    assert list((local / ".astream" / "reserved").iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_a_reservation_left_by_a_killed_download_is_dropped(
+    remote: Path, local: Path, log: Path
+) -> None:
+    # A reservation whose shard nobody downloads (its process was killed) takes no room: the
+    # next pass deletes it, and a fetch that needs that room gets it.
+    shards = write_dataset(remote, [SIZE] * 2)
+    store = CountingStore(remote, log)
+    cache = ShardCache(local, limit=SIZE + 2048)
+    await cache.fetch(store, shards[0])
+    cache.evict_one(shards[0])
+    reserved = local / ".astream" / "reserved"
+    reserved.mkdir(exist_ok=True)
+    (reserved / "shard.00000.mds.json").write_text(
+        json.dumps({"files": ["shard.00000.mds"], "bytes": SIZE + 256})
+    )
+    await cache.fetch(store, shards[1])
+    assert cache.is_ready(shards[1])
+    assert list(reserved.iterdir()) == []

@@ -17,6 +17,7 @@ import pytest
 from reliability_data import full_cache, shard_bytes, write_dataset
 
 from astream import StreamingDataset
+from astream.engine._locks import FileLock
 from astream.engine.cache import ShardCache
 from astream.errors import CacheError, CacheLimitError, IndexFormatError
 from astream.format.index import check_basename, load_index
@@ -143,3 +144,30 @@ def test_legitimate_stamps_still_evict(tmp_path: Path) -> None:
     _remote, cache, size = full_cache(tmp_path, 200)
     assert ShardCache(cache, limit=size // 3).trim() > 0
     assert 0 < shard_bytes(cache) <= size // 3
+
+
+def test_planted_reservations_neither_delete_nor_take_room(tmp_path: Path) -> None:
+    # Reservations (room a download in flight has made) are files under the cache too: one
+    # planted there must not make eviction delete anything outside, nor hold room for ever.
+    _remote, cache, size = full_cache(tmp_path, 200)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * 1000)
+    reserved = cache / ".astream" / "reserved"
+    reserved.mkdir()
+    os.symlink(victim, reserved / "link.json")  # its shard is free: dropped as left over
+    held = []
+    for name, content in {
+        "huge": {"files": ["huge"], "bytes": 10**18},  # more than any limit
+        "away": {"files": ["../victim"], "bytes": size},  # not its own shard's files
+        "torn": "{",
+    }.items():
+        (reserved / f"{name}.json").write_text(json.dumps(content))
+        # Someone holds each one's shard lock, so none of them is dropped as left over.
+        held.append(FileLock.try_acquire(cache / ".astream" / "locks" / f"{name}.lock"))
+    assert ShardCache(cache, limit=size // 3).trim() > 0
+    assert 0 < shard_bytes(cache) <= size // 3
+    assert victim.read_bytes() == b"v" * 1000
+    assert sorted(p.name for p in reserved.iterdir()) == ["away.json", "huge.json", "torn.json"]
+    for lock in held:
+        assert lock is not None
+        lock.release()
