@@ -12,6 +12,7 @@ from typing import Any
 from astream.errors import (
     AstreamError,
     CacheConflictError,
+    CachedIndexWarning,
     CacheError,
     CacheLimitError,
     CacheLimitWarning,
@@ -70,6 +71,7 @@ __all__ = (
     "CacheError",
     "CacheLimitError",
     "CacheLimitWarning",
+    "CachedIndexWarning",
     "ConfigError",
     "DatasetNotFoundError",
     "EmptyDatasetError",

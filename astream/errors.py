@@ -45,6 +45,7 @@ __all__ = [
     "CacheError",
     "CacheLimitError",
     "CacheLimitWarning",
+    "CachedIndexWarning",
     "ConfigError",
     "DatasetNotFoundError",
     "EmptyDatasetError",
@@ -154,6 +155,11 @@ class WorldError(AstreamError, ValueError):
 
 class PlanError(AstreamError, ValueError):
     """Sample-order parameters that cannot produce an epoch."""
+
+
+class CachedIndexWarning(AstreamError, UserWarning):
+    """The store could not be reached (after its retries) when a dataset started, and the
+    index its ``local`` cache holds was used instead: it may be older than the remote's."""
 
 
 class CacheLimitWarning(AstreamError, UserWarning):

@@ -47,6 +47,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -58,14 +59,17 @@ from astream.engine._locks import FileLock
 from astream.errors import (
     AstreamError,
     CacheConflictError,
+    CachedIndexWarning,
     CacheError,
     CacheLimitError,
     FormatError,
+    ObjectNotFoundError,
     ShardCorruptError,
+    StorageError,
 )
 from astream.format.codecs import decompress_file
 from astream.format.hashing import hash_file
-from astream.format.index import META_DIR, FileInfo, ShardInfo, check_basename
+from astream.format.index import META_DIR, FileInfo, ShardInfo, check_basename, load_index
 from astream.storage.base import ProgressCallback, Store
 from astream.units import parse_bytes
 
@@ -943,26 +947,55 @@ class ShardCache:
 
 
 async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json") -> bytes:
-    """The bytes of a stream's index, downloaded into ``root`` at most once per node.
+    """The bytes of a stream's index, downloaded into ``root`` afresh by every call.
 
-    An index already at ``root / name`` is read as it is. Otherwise one process downloads it
-    under a lock (the others wait on the lock, then read its file) and renames it into place.
+    As mosaicml-streaming does at every start, the index is read from the store each time (one
+    process of the node at a time, under a lock), so that a cache never pairs the index of an
+    earlier version of the remote with the shards of a rewritten one. When the remote's index
+    differs from the one the cache holds, the shards whose entries changed or went are deleted
+    from the cache before the new index replaces the old (:func:`_forget_changed_shards`). A
+    rewrite that leaves an entry byte-identical (same sizes, no hashes recorded) cannot be told
+    apart: record hashes in the index to make every rewrite visible.
 
-    :raises StorageError: the store failed (:class:`~astream.errors.ObjectNotFoundError` when
-        the index does not exist).
+    When the store cannot be reached (after its retries) and the cache holds an index, that
+    index is used, with a :class:`~astream.errors.CachedIndexWarning`.
+
+    :raises StorageError: the store failed and the cache holds no index
+        (:class:`~astream.errors.ObjectNotFoundError` when the index does not exist).
+    :raises CacheConflictError: a changed shard is being read by another process.
+    :raises IndexFormatError: the remote's new index does not load (the cache is left as it was).
     """
     path = Path(root) / name
-    with contextlib.suppress(FileNotFoundError):
-        return await anyio.to_thread.run_sync(path.read_bytes)
     meta = Path(root) / _META_DIR
     meta.mkdir(parents=True, exist_ok=True)
     lock = await FileLock.acquire_async(meta / f"index-{urllib.parse.quote(name, safe='')}.lock")
     try:
-        if path.exists():
-            return await anyio.to_thread.run_sync(path.read_bytes)
+        try:
+            cached: bytes | None = await anyio.to_thread.run_sync(path.read_bytes)
+        except FileNotFoundError:
+            cached = None
         _remove_temps(path)
-        # One whole GET (an index is small): no stat round trip before the download.
-        data = await store.read(name)
+        try:
+            # One whole GET (an index is small): no stat round trip before the download.
+            data = await store.read(name)
+        except ObjectNotFoundError:
+            raise
+        except StorageError as exc:
+            if cached is None:
+                raise
+            warnings.warn(
+                f"cannot read {store.join(name)} ({exc}); using the index the cache at {root} "
+                "holds, which may be older than the remote's",
+                CachedIndexWarning,
+                stacklevel=2,
+            )
+            return cached
+        if data == cached:
+            return data
+        if cached is not None:
+            await anyio.to_thread.run_sync(
+                _forget_changed_shards, Path(root), cached, data, store.join(name)
+            )
         tmp = _temp_name(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -978,6 +1011,34 @@ async def fetch_index(store: Store, root: Path | str, *, name: str = "index.json
         return data
     finally:
         lock.release()
+
+
+def _forget_changed_shards(root: Path, cached: bytes, data: bytes, source: str) -> None:
+    """Delete from the cache at ``root`` every shard whose entry in the index it holds
+    (``cached``) differs from, or is missing in, the remote's new index (``data``).
+
+    :raises IndexFormatError: ``data`` does not load (nothing is deleted).
+    :raises CacheConflictError: a changed shard is pinned or being downloaded by another
+        process (one still reading the old version).
+    """
+    new = {shard.raw.basename: shard for shard in load_index(data, source=source).shards}
+    try:
+        old = list(load_index(cached, source=str(root)).shards)
+    except FormatError:
+        old = list(new.values())  # unreadable: none of its shards can be trusted
+        new = {}
+    cache = ShardCache(root)
+    for shard in old:
+        if new.get(shard.raw.basename) == shard:
+            continue
+        try:
+            cache.evict_one(shard)
+        except CacheError as exc:
+            raise CacheConflictError(
+                f"{source} was rewritten since the cache at {root} was filled, and shard "
+                f"{shard.raw.basename} of the earlier version is being read or downloaded by "
+                "another process: let it finish, or give this dataset another local directory"
+            ) from exc
 
 
 def claim_source(root: Path | str, remote: str, split: str = "") -> None:

@@ -323,16 +323,18 @@ async def test_not_evictable_never_deletes(remote: Path, log: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_fetch_index_downloads_once_then_reads_the_local_copy(
+async def test_fetch_index_reads_the_remote_each_time_and_keeps_an_unchanged_copy(
     remote: Path, local: Path, log: Path
 ) -> None:
     write_dataset(remote, [SIZE])
     store = CountingStore(remote, log)
     expected = (remote / "index.json").read_bytes()
     assert await fetch_index(store, local) == expected
+    inode = (local / "index.json").stat().st_ino
     assert await fetch_index(store, local) == expected
-    assert downloads(log) == {"index.json": 1}
+    assert downloads(log) == {"index.json": 2}  # as mosaicml-streaming, at every start
     assert (local / "index.json").read_bytes() == expected
+    assert (local / "index.json").stat().st_ino == inode  # unchanged: not rewritten
     with pytest.raises(ObjectNotFoundError):
         await fetch_index(store, local, name="missing/index.json")
     assert temp_files(local) == []
