@@ -310,9 +310,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     :param prefetch_shards: shards fetched ahead of the consumer (astream's own knob).
     :param prefetch_bytes: bytes fetched ahead of the consumer (int or ``"1gb"``).
     :param max_downloads: shards one process downloads at once.
-    :param cold_range_reads: read the first samples of a shuffled cold epoch by range requests
-        while their shards download (off by default: on loopback servers whole shards arrive
-        as soon; on a remote link the first batch no longer waits for nearly every shard).
+    :param cold_range_reads: read the first batch of a shuffled cold epoch by range requests,
+        with the shards' downloads held back until those reads are in (default on: the first
+        batch then does not wait for nearly every shard; see docs/design.md).
     """
 
     def __init__(
@@ -346,7 +346,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         prefetch_shards: int = 4,
         prefetch_bytes: int | str = "1gb",
         max_downloads: int = 4,
-        cold_range_reads: bool = False,
+        cold_range_reads: bool = True,
     ) -> None:
         stream_list = self._build_streams(streams, remote, local, split, stream_name, stream_config)
         defaults = {

@@ -33,10 +33,13 @@ __all__ = [
     "remote_bytes",
 ]
 
-#: Longest wait (seconds) of other downloads for a lead download's first bytes.
+#: Longest wait (seconds) of other downloads for a lead download's first bytes, and of
+#: whole-shard downloads for a hold (:meth:`Fetcher.hold`) to be released.
 LEAD_WAIT = 2.0
-#: Sample range reads (:meth:`Fetcher.read_payload`) one fetcher has in flight at once.
-RANGE_READS = 16
+#: Sample range reads (:meth:`Fetcher.read_payload`) one fetcher has in flight at once: on
+#: loopback s3rver 256 reads of 4 KiB take about 0.39 s at 16 and 0.28 s at 64 (a server's
+#: requests per second, not the link, bound them), so a first batch's reads go at 32.
+RANGE_READS = 32
 # Shards whose sample offsets a fetcher keeps for range reads (4 bytes and more per sample).
 _OFFSETS_KEPT = 1024
 
@@ -194,12 +197,14 @@ class Fetcher:
         self._offsets: dict[int, NDArray[Any]] = {}
         # Set once the first bytes of a lead download have landed (see fetch_shard's lead).
         self._gate: asyncio.Event | None = None
-        # Range reads of samples (read_payload): slots, shared offsets reads, and the reads
-        # that hold whole-shard downloads back (leading).
+        # Range reads of samples (read_payload): slots and shared offsets reads.
         self._range_slots: asyncio.Semaphore | None = None
         self._offsets_pending: dict[int, asyncio.Future[NDArray[Any]]] = {}
-        self._leading = 0
-        self._leading_done: asyncio.Event | None = None
+        # Holds on whole-shard downloads (hold/release), the event set when the last one goes,
+        # and the loop time after which downloads stop waiting for it anyway.
+        self._holds = 0
+        self._held: asyncio.Event | None = None
+        self._held_until = 0.0
         #: Bytes of shard downloads that reported progress, landed so far (written on the loop
         #: thread, read anywhere): how fast whole shards arrive, for RangeAhead to compare.
         self.landed = 0
@@ -246,11 +251,12 @@ class Fetcher:
             self.counters.add("cache_hits")
             cache.touch(info)
             return cache.raw_path(info)
-        leading = self._leading_done
-        if leading is not None and not leading.is_set():
-            # The consumer's first samples come by range reads: they go first.
+        held = self._held
+        if held is not None and not held.is_set():
+            # The consumer's first samples come by range reads (hold): they go first.
+            left = self._held_until - asyncio.get_running_loop().time()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(leading.wait(), LEAD_WAIT)
+                await asyncio.wait_for(held.wait(), max(0.0, left))
         if lead and on_progress is not None:
             gate = self._gate = asyncio.Event()
             inner = on_progress
@@ -345,45 +351,45 @@ class Fetcher:
             and source.remote is not None
         )
 
-    async def read_payload(self, shard: int, index: int, *, leading: bool = False) -> bytes | None:
+    async def read_payload(self, shard: int, index: int) -> bytes | None:
         """Sample ``index`` of ``shard``'s bytes by range requests; ``None`` when not possible.
 
         At most :data:`RANGE_READS` run at once per fetcher (more wait their turn); the shard's
         offsets are read once, by whichever read comes first. ``None`` when
         :meth:`can_range_read` says no: the caller reads the sample from the whole shard.
-
-        :param leading: this read is among the consumer's first: whole-shard downloads of this
-            fetcher wait (at most :data:`LEAD_WAIT` seconds) until every leading read is done.
         """
-        if leading:
-            self._lead_begin()
-        try:
-            if not self.can_range_read(shard):
-                return None
-            if self._range_slots is None:
-                self._range_slots = asyncio.Semaphore(RANGE_READS)
-            async with self._range_slots:
-                stream = int(self.table.shard_stream[shard])
-                info = self.table.shards[shard]
-                offsets = await self._shared_offsets(shard)
-                start, end = int(offsets[index]), int(offsets[index + 1])
-                payload = await self.store(stream).read_range(payload_basename(info), start, end)
-        finally:
-            if leading:
-                self._lead_end()
+        if not self.can_range_read(shard):
+            return None
+        if self._range_slots is None:
+            self._range_slots = asyncio.Semaphore(RANGE_READS)
+        async with self._range_slots:
+            stream = int(self.table.shard_stream[shard])
+            info = self.table.shards[shard]
+            offsets = await self._shared_offsets(shard)
+            start, end = int(offsets[index]), int(offsets[index + 1])
+            payload = await self.store(stream).read_range(payload_basename(info), start, end)
         self.counters.add("range_reads")
         return payload
 
-    def _lead_begin(self) -> None:
-        if self._leading_done is None:
-            self._leading_done = asyncio.Event()
-        self._leading += 1
-        self._leading_done.clear()
+    def hold(self) -> None:
+        """Hold this fetcher's whole-shard downloads back until :meth:`release` (on its loop).
 
-    def _lead_end(self) -> None:
-        self._leading -= 1
-        if self._leading == 0 and self._leading_done is not None:
-            self._leading_done.set()
+        A download that is not a cache hit waits, before it takes a download slot, until every
+        hold is released, and at most :data:`LEAD_WAIT` seconds after the first hold of a
+        stretch: a shuffled cold start's first samples come by range reads
+        (:class:`~astream.engine.ranges.RangeAhead`) and then do not share the server and the
+        link with every shard of the window.
+        """
+        self._holds += 1
+        if self._held is None or self._held.is_set():
+            self._held = asyncio.Event()
+            self._held_until = asyncio.get_running_loop().time() + LEAD_WAIT
+
+    def release(self) -> None:
+        """Release one :meth:`hold` (on the fetcher's loop); the last one lets downloads go."""
+        self._holds = max(0, self._holds - 1)
+        if self._holds == 0 and self._held is not None:
+            self._held.set()
 
     async def _shared_offsets(self, shard: int) -> NDArray[Any]:
         """The offsets of ``shard``, read once however many reads ask for them at once."""

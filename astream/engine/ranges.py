@@ -3,13 +3,20 @@
 A shuffled epoch's first batch touches nearly every shard. Waiting for those shards means
 waiting for nearly the whole dataset; reading each of those samples by two small range requests
 (the shard's offsets once, then the sample's bytes: :meth:`Fetcher.read_payload`) costs a
-round trip each, and they run concurrently. :class:`RangeAhead` requests such reads for the
-first :data:`RANGE_BUDGET` positions of an iteration whose shards are not local (a bounded
-number in flight, :data:`~astream.engine.fetch.RANGE_READS`), while the window downloads whole
-shards behind them in need order; the first :data:`RANGE_LEADING` reads hold those downloads
-back (at most ``LEAD_WAIT``), so that the first samples do not share the link with every shard.
-Within that stretch, samples of shards that another process of the node is downloading come by
-range too, instead of waiting on that shard's lock for the whole shard.
+request each, and they run concurrently (:data:`~astream.engine.fetch.RANGE_READS` at once).
+:class:`RangeAhead` requests such reads for the first :data:`RANGE_BUDGET` positions of an
+iteration whose shards are not local. The reads of the first :data:`RANGE_LEADING` positions
+(the first batch) form a lane of their own: the iteration's whole-shard downloads are held back
+(:meth:`Fetcher.hold`) until every one of those reads is in (at most ``LEAD_WAIT``), so that
+the first batch does not share the server and the link with every shard of the window; the
+window then downloads whole shards in need order. Samples of shards that another process of
+the node is downloading come by range too, instead of waiting on that shard's lock.
+
+A timeline of a cold shuffled first batch (``benchmarks/cold_timeline.py``, s3rver on
+loopback, 7 shards of 64 MiB) shows why: with every shard downloading at once the first batch
+waits for about 1.1 s (nearly all 400 MB), and range reads issued beside those downloads queue
+behind them at the server (0.2 s each); held back, 7 offsets reads and 256 sample reads take
+about 0.3 s, bound by the server's requests per second.
 
 Past the cold start, range reads would only compete with the shards' downloads (a request per
 sample, where a shard pays one per many samples), so each iteration spends a fixed budget, and
@@ -27,6 +34,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,9 +68,10 @@ RANGE_AHEAD = 256
 RANGE_BUDGET = 256
 #: Range samples taken before :class:`RangeAhead` first compares its rate with the shards'.
 RANGE_JUDGE_AFTER = 16
-#: The iteration's first reads that hold whole-shard downloads back until they are done (at
-#: most ``LEAD_WAIT``): the first samples then do not share the link with every shard.
-RANGE_LEADING = 1
+#: Positions, from an iteration's start, whose reads hold the iteration's whole-shard downloads
+#: back until they are all in (at most ``LEAD_WAIT``): the first batch (the engine bench's and
+#: a DataLoader's usual 256) then does not share the server and the link with every shard.
+RANGE_LEADING = 256
 #: Reads an iteration starts with, before it knows the store serves them fast enough.
 RANGE_START = 2
 #: Range samples per second, over the first :data:`RANGE_START`, below which an iteration stops
@@ -118,8 +128,13 @@ class RangeAhead:
         self._order: collections.deque[int] = collections.deque()
         # Shards that cannot be range-read (checked once each).
         self._unreadable: set[int] = set()
-        # Only the iteration's first reads hold whole-shard downloads back.
-        self._leading = RANGE_LEADING
+        # The lead lane: reads of positions before _lead_end hold the fetcher's downloads back
+        # until all were requested (_lead_requested) and none is still out (_lead_out).
+        self._lead_end = min(RANGE_LEADING, self.budget)
+        self._lead_out = 0
+        self._lead_requested = False
+        self._holding = False
+        self._lead_lock = threading.Lock()
         # For the comparison with whole shards: when the first read was requested, the bytes
         # downloads had landed then, the bytes of the shards the reads stand in for, and the
         # samples taken from reads so far.
@@ -147,6 +162,34 @@ class RangeAhead:
         #: topped up when a quarter of it was consumed, so the driver pays one compare per
         #: sample in between.
         self.next_event = 0 if self.active else 1 << 62
+        if self.active and self._lead_end:
+            # Before any download of this iteration is submitted (the loop runs callbacks in
+            # the order they were handed to it), so that none starts ahead of the lane.
+            self._holding = True
+            self._on_loop(fetcher.hold)
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.loop.call_soon_threadsafe(call)
+
+    def _lead_done(self, _: object = None) -> None:
+        """A lead read ended (or was dropped)."""
+        with self._lead_lock:
+            self._lead_out -= 1
+        self._release_when_through()
+
+    def _release_when_through(self) -> None:
+        """Release the hold once every lead read was requested and none is still out."""
+        with self._lead_lock:
+            through = self._lead_requested and self._lead_out <= 0
+        if through:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lead_lock:
+            release, self._holding = self._holding, False
+        if release:
+            self._on_loop(self.fetcher.release)
 
     def _drop_before(self, pos: int) -> None:
         order, pending = self._order, self._pending
@@ -174,13 +217,19 @@ class RangeAhead:
                     if shard not in self._shards_asked:
                         self._shards_asked.add(shard)
                         self._bytes_asked += int(self.table.fetch_bytes[shard])
-                    leading = self._leading > 0
-                    self._leading -= 1
-                    read = self.fetcher.read_payload(shard, int(self.within[p]), leading=leading)
-                    pending[p] = self.loop.submit(read)
+                    read = self.fetcher.read_payload(shard, int(self.within[p]))
+                    future = pending[p] = self.loop.submit(read)
                     order.append(p)
+                    if p < self._lead_end:
+                        with self._lead_lock:
+                            self._lead_out += 1
+                        future.add_done_callback(self._lead_done)
             p += 1
         self._next = p
+        if p >= self._lead_end and not self._lead_requested:
+            with self._lead_lock:
+                self._lead_requested = True
+            self._release_when_through()
         if p >= self.budget:
             self.next_event = 1 << 62
         elif p < end:  # held back by _allowed: look again at the next position
@@ -247,6 +296,7 @@ class RangeAhead:
         """Cancel the reads not taken (their results are dropped); request no more."""
         self.active = False
         self.next_event = 1 << 62
+        self._release()
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()

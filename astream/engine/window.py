@@ -79,8 +79,8 @@ class WindowConfig:
     :param open_shards: most shards the consumer keeps open (mapped, and pinned in an evictable
         cache); ``None`` (default): the fd rule of :func:`open_limit`. Shards are closed after
         their last use in the iteration anyway.
-    :param range_reads: a shuffled cold start reads its first samples by range requests while
-        their shards download (:mod:`astream.engine.ranges`).
+    :param range_reads: a shuffled cold start reads its first batch by range requests, its
+        shards' downloads held back until those are in (:mod:`astream.engine.ranges`).
     """
 
     shards: int = 4
@@ -88,7 +88,7 @@ class WindowConfig:
     samples: int = 0
     max_downloads: int = 4
     open_shards: int | None = None
-    range_reads: bool = False
+    range_reads: bool = True
 
     def __post_init__(self) -> None:
         for name in ("shards", "bytes", "max_downloads"):

@@ -22,6 +22,7 @@ from cache_worker import RangedLocalStore
 from datasets import check_sample, write_mds
 
 from astream import StreamingDataLoader, StreamingDataset
+from astream.engine.ranges import RANGE_LEADING
 from astream.plan import World
 from astream.storage import RetryConfig, TransferConfig, register_store
 from astream.storage._transfer import write_part
@@ -81,11 +82,15 @@ def test_an_unshuffled_cold_epoch_reads_its_shards_as_they_land(
     assert dataset.statistics().range_reads == 0
 
 
-def test_range_reads_are_off_by_default(
+def test_range_reads_are_on_by_default_and_can_be_turned_off(
     http_files: HTTPFiles, source: Path, tmp_path: Path
 ) -> None:
+    url = _serve(http_files, source)
+    dataset = StreamingDataset(remote=url, local=tmp_path / "on", shuffle=True, batch_size=8)
+    assert sorted(_ids(dataset)) == list(range(N))
+    assert dataset.statistics().range_samples >= 1
     dataset = StreamingDataset(
-        remote=_serve(http_files, source), local=tmp_path / "cache", shuffle=True, batch_size=8
+        remote=url, local=tmp_path / "off", shuffle=True, batch_size=8, cold_range_reads=False
     )
     assert sorted(_ids(dataset)) == list(range(N))
     assert dataset.statistics().range_reads == 0
@@ -126,6 +131,24 @@ def logged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     monkeypatch.setenv("ASTREAM_TEST_RANGE_LOG", str(log))
     register_store(SCHEME, LoggingStore, replace=True)
     yield log
+
+
+def test_the_first_batch_comes_by_range_before_any_shard_downloads(
+    logged: Path, source: Path, tmp_path: Path
+) -> None:
+    # The lane: whole-shard downloads wait until every read of the first RANGE_LEADING
+    # positions is in, instead of sharing the server with them.
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    expected = dataset.worker_sample_ids(World(), 0, 0)
+    assert _ids(dataset) == [int(i) for i in expected if i >= 0]
+    lines = logged.read_text().splitlines()
+    first_download = next(k for k, line in enumerate(lines) if line.startswith("download shard."))
+    before = [line for line in lines[:first_download] if line.startswith("range shard.")]
+    # Each of the first RANGE_LEADING samples by one read, plus each shard's offsets once.
+    assert len(before) >= RANGE_LEADING, f"only {len(before)} range reads before a download"
+    assert dataset.statistics().range_samples >= RANGE_LEADING
 
 
 def test_two_workers_range_read_but_download_each_shard_once(
