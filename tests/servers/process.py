@@ -2,7 +2,8 @@
 
 The recipe (shared/TESTING.md): ``start_new_session=True`` so the server and its children form
 their own process group; readiness polled every 50 ms; a server that exits while we wait fails
-at once with its output; stop = SIGTERM to the group, SIGKILL after 10 s.
+at once with its output; stop = SIGTERM to the group, SIGKILL after 10 s. The server runs under
+``_leash.py``, which stops the group if the test process dies without stopping it (killed).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from pathlib import Path
 __all__ = ["ServerProcess", "ServerUnavailable", "free_port", "require_executable", "run_server"]
 
 POLL_INTERVAL = 0.05
+_LEASH = Path(__file__).with_name("_leash.py")
 STOP_GRACE = 10.0
 
 
@@ -78,6 +81,8 @@ class ServerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         self.log.unlink(missing_ok=True)
 
 
@@ -111,8 +116,8 @@ def run_server(
     full_env = {**os.environ, **(env or {})}
     try:
         process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
+            [sys.executable, str(_LEASH), *argv],
+            stdin=subprocess.PIPE,  # held open for as long as this process lives
             stdout=log_fd,
             stderr=subprocess.STDOUT,
             env=full_env,
