@@ -94,6 +94,10 @@ _MAX_STAMP_BYTES = 1 << 16
 # Room a fetch makes beyond the shard's files for the LRU stamp it writes (a few dozen bytes),
 # since the limit counts every byte of the directory. Its reservation (below) is left out.
 _STAMP_ALLOWANCE = 256
+# A download that has to evict frees this fraction of the limit beyond its needs (see _evict).
+_HEADROOM_DIVISOR = 32
+# The longest a download trusts the ledger (see _read_ledger) before walking the directory.
+_LEDGER_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -159,6 +163,16 @@ def _stamp_files(name: str, data: bytes) -> list[str] | None:
         except FormatError:
             return None
     return files
+
+
+def _replace_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` whole: a temporary file renamed into place."""
+    tmp = _temp_name(path)
+    try:
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        _unlink(tmp)
 
 
 def _unlink(path: Path) -> None:
@@ -679,13 +693,7 @@ class ShardCache:
         # otherwise leaves that file to stay, rather than its whole stamp being ignored.
         files = [name for name in files if _belongs(shard.raw.basename, name)]
         self._ensure_dirs()
-        stamp = self._stamp_path(shard)
-        tmp = _temp_name(stamp)
-        try:
-            tmp.write_text(json.dumps({"files": files}), encoding="utf-8")
-            os.replace(tmp, stamp)
-        finally:
-            _unlink(tmp)
+        _replace_json(self._stamp_path(shard), {"files": files})
 
     def _entries(self) -> list[tuple[int, str, list[Path], int]]:
         """(last use ns, stamp name, files, bytes on disk) of every stamped shard."""
@@ -771,19 +779,32 @@ class ShardCache:
             )
         self._ensure_dirs()
         with FileLock.acquire(self._meta / "cache.lock"):
+            if for_shard is not None:
+                ledger = self._read_ledger()
+                if ledger is not None and ledger[0] + needed <= limit:
+                    # Room without a walk: the ledger bounds the directory from above.
+                    self._write_ledger(ledger[0] + needed, ledger[1])
+                    self._reserve(for_shard, needed)
+                    return 0
+            walked = time.time_ns()
             entries = self._entries()
             # Every byte of the directory counts, not only the shards that can be evicted, and
             # so does the room other downloads reserved that their files do not fill yet.
             usage = folder_bytes(self.root) + self._reserved_unfilled()
+            # A download that must evict frees a little more than it needs (1/32 of the limit),
+            # so that the next ones find room in the ledger instead of walking the directory
+            # again; as far as pins allow (only the limit itself is a must).
+            target = limit - (limit // _HEADROOM_DIVISOR if for_shard is not None else 0)
             freed = 0
             # Oldest stamp first; the name breaks ties so the order is the same in every process.
-            for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
-                if usage + needed <= limit:
-                    break
-                if not self._delete_unheld(name, files, size):
-                    continue  # pinned or downloading
-                usage -= size
-                freed += size
+            if usage + needed > limit:
+                for _, name, files, size in sorted(entries, key=lambda e: (e[0], e[1])):
+                    if usage + needed <= target:
+                        break
+                    if not self._delete_unheld(name, files, size):
+                        continue  # pinned or downloading
+                    usage -= size
+                    freed += size
             if usage + needed > limit:
                 raise CacheLimitError(
                     f"cannot make room for {what} ({needed} bytes) in {self.root}: "
@@ -794,7 +815,38 @@ class ShardCache:
                 )
             if for_shard is not None:
                 self._reserve(for_shard, needed)
+            self._write_ledger(usage + needed, walked)
             return freed
+
+    # -- the ledger: an upper bound of the directory's bytes, so that most passes do not walk --
+    #
+    # Walking the directory costs a stat per file: with thousands of shards cached that is a
+    # tenth of a second or more, under the lock every download of the node takes. So a full pass
+    # (walk, evict, reserve) writes down the bytes it found plus those it reserved, and a
+    # download whose room fits under that figure only adds its own reservation to it. The
+    # figure only overestimates what astream itself does (a reservation is a shard's peak; a
+    # failed download or an eviction outside a pass leaves its bytes counted): the next full
+    # pass corrects it. Bytes written by anything else are seen by the next walk, which happens
+    # at least every _LEDGER_SECONDS.
+
+    def _read_ledger(self) -> tuple[int, int] | None:
+        """``(bytes the ledger bounds the directory by, when it was walked)``, or ``None``
+        when a walk is due."""
+        try:
+            with open(self._meta / "usage.json", "rb") as handle:
+                data = json.loads(handle.read(_MAX_STAMP_BYTES))
+            known, walked = data["bytes"], data["walked_ns"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None
+        if not isinstance(known, int) or not isinstance(walked, int) or known < 0:
+            return None
+        age = time.time_ns() - walked
+        if not 0 <= age <= _LEDGER_SECONDS * 1_000_000_000:
+            return None
+        return known, walked
+
+    def _write_ledger(self, known: int, walked: int) -> None:
+        _replace_json(self._meta / "usage.json", {"bytes": known, "walked_ns": walked})
 
     # -- reservations: room made for a download before its files exist -------------------------
     #
@@ -810,12 +862,7 @@ class ShardCache:
         files = [name for name in _shard_basenames(shard) if _belongs(shard.raw.basename, name)]
         path = self._reservation_path(shard)
         path.parent.mkdir(exist_ok=True)
-        tmp = _temp_name(path)
-        try:
-            tmp.write_text(json.dumps({"files": files, "bytes": needed}), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            _unlink(tmp)
+        _replace_json(path, {"files": files, "bytes": needed})
 
     def _reserved_unfilled(self) -> int:
         """Bytes that downloads in flight reserved and their files do not hold yet. The caller
@@ -1073,9 +1120,4 @@ def claim_source(root: Path | str, remote: str, split: str = "") -> None:
                     f"{root} to reuse it)"
                 )
             return
-        tmp = _temp_name(record)
-        try:
-            tmp.write_text(json.dumps(wanted), encoding="utf-8")
-            os.replace(tmp, record)
-        finally:
-            _unlink(tmp)
+        _replace_json(record, wanted)

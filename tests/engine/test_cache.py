@@ -22,6 +22,7 @@ from cache_worker import (
     write_dataset,
 )
 
+import astream.engine.cache as cache_module
 from astream.engine.cache import ShardCache, fetch_index
 from astream.errors import CacheError, FormatError, ObjectNotFoundError, ShardCorruptError
 from astream.format import LocalJSONWriter, ShardInfo, load_index
@@ -491,3 +492,29 @@ async def test_a_reservation_left_by_a_killed_download_is_dropped(
     await cache.fetch(store, shards[1])
     assert cache.is_ready(shards[1])
     assert list(reserved.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_downloads_at_the_limit_rarely_walk_the_directory(
+    remote: Path, local: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A walk costs a stat per cached file, under the lock every download of the node takes:
+    # with thousands of shards cached, one per download caps the node's download rate. Most
+    # downloads find their room in the ledger; the limit holds after every one.
+    shards = write_dataset(remote, [1000] * 300)
+    store = CountingStore(remote, log)
+    limit = 128 * 1300
+    cache = ShardCache(local, limit=limit)
+    walks: list[Path] = []
+    real = cache_module.folder_bytes
+
+    def folder_bytes(root: Path) -> int:
+        walks.append(root)
+        return real(root)
+
+    monkeypatch.setattr(cache_module, "folder_bytes", folder_bytes)
+    for shard in shards:
+        await cache.fetch(store, shard)
+        assert _bytes_under(local) <= limit
+    assert cache.stats().evictions > 100
+    assert len(walks) <= len(shards) // 3, len(walks)
