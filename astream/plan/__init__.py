@@ -8,6 +8,12 @@ same samples however the world is split into nodes, ranks, workers and device ba
 
 from __future__ import annotations
 
+# numpy imports numpy.random on first use, and numpy.ma inside np.unique (numpy >= 2.3): 10-30 ms
+# each on the build machine. Every epoch's order uses both, so they load with the plan rather than
+# inside the first batch of a process (and of every spawned DataLoader worker).
+import numpy.ma
+import numpy.random  # noqa: F401
+
 from astream.plan.config import (
     DEFAULT_SHUFFLE_SEED,
     OrderConfig,

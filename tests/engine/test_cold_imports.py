@@ -81,3 +81,30 @@ def test_a_cold_epoch_imports_no_http_client_or_sdk(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ids"] == list(range(200))
     assert result["heavy"] == []
+
+
+FIRST_SAMPLE_SCRIPT = """
+import json, sys
+from astream import StreamingDataset
+dataset = StreamingDataset(local=sys.argv[1], shuffle=sys.argv[2] == "1", batch_size=4)
+before = set(sys.modules)
+sample = next(iter(dataset))
+print(json.dumps({"imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_first_sample_of_a_local_epoch_imports_nothing(tmp_path: Path, shuffle: bool) -> None:
+    # What an epoch needs (numpy.random for the order, the engine) loads with the dataset, not
+    # inside a process's first batch.
+    _dataset(tmp_path / "src")
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_SAMPLE_SCRIPT, str(tmp_path / "src"), str(int(shuffle))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["imported"] == []
