@@ -236,6 +236,12 @@ def _release_fetcher(loop: IOLoop, fetcher: Fetcher) -> None:
             loop.submit(fetcher.aclose())
 
 
+def _while_using(runtime: _Runtime, samples: Iterator[Sample]) -> Iterator[Sample]:
+    """``samples``, with ``runtime`` held open from the first sample until the iterator ends."""
+    with runtime.using():
+        yield from samples
+
+
 class _Runtime:
     """One process's engine state for a dataset: never pickled, rebuilt after a fork."""
 
@@ -261,6 +267,41 @@ class _Runtime:
             dataset.table, self.caches, min(16, keep_open), dataset.allow_unsafe_types
         )
         self.pool_lock = threading.Lock()
+        # Iterators and reads under way: close() while one runs releases the fetcher (and the
+        # stores it may open again meanwhile) when the last one ends, not under it.
+        self._users = 0
+        self._closing = False
+        self._users_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[_Runtime]:
+        """Hold the runtime open for the block (an iterator's life, a read)."""
+        with self._users_lock:
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._users_lock:
+                self._users -= 1
+                done = self._closing and self._users == 0
+            if done:
+                self._release()
+
+    def close(self) -> None:
+        """Close the open readers now, and the fetcher's stores once nothing uses them."""
+        with self.pool_lock:
+            self.pool.close()
+        with self._users_lock:
+            self._closing = True
+            done = self._users == 0
+        if done:
+            self._release()
+
+    def _release(self) -> None:
+        if self.release.alive:
+            self.release()
+        else:  # released before, and used since (stores opened again): close those too
+            _release_fetcher(self.loop, self.fetcher)
 
 
 class StreamingDataset(_Base):  # type: ignore[type-arg]
@@ -735,16 +776,19 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
     def iter_ids(self, ids: Sequence[int] | NDArray[Any]) -> Iterator[Sample]:
         """Samples ``ids`` in the given order, fetched ahead on the IO loop thread."""
         runtime = self._rt()
-        return iter_samples(
-            ids,
-            table=self.table,
-            fetcher=runtime.fetcher,
-            loop=runtime.loop,
-            caches=runtime.caches,
-            counters=runtime.counters,
-            window=self.window,
-            allow_unsafe_types=self.allow_unsafe_types,
-            cache_share=self._cache_share(),
+        return _while_using(
+            runtime,
+            iter_samples(
+                ids,
+                table=self.table,
+                fetcher=runtime.fetcher,
+                loop=runtime.loop,
+                caches=runtime.caches,
+                counters=runtime.counters,
+                window=self.window,
+                allow_unsafe_types=self.allow_unsafe_types,
+                cache_share=self._cache_share(),
+            ),
         )
 
     def _cache_share(self) -> int | None:
@@ -798,7 +842,10 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         With ``validate_hash`` no sample is range-read: its shard is fetched whole and checked
         first, as for iteration.
         """
-        runtime = self._rt()
+        with self._rt().using() as runtime:
+            return self._get_items(runtime, ids)
+
+    def _get_items(self, runtime: _Runtime, ids: Sequence[int]) -> list[Sample]:
         out: list[Sample | None] = [None] * len(ids)
         remote: list[tuple[int, int, int]] = []
         with runtime.pool_lock:
@@ -902,7 +949,8 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         shard = self._check_shard(shard_id)
         runtime = self._rt()
         if blocking:
-            runtime.loop.run(runtime.fetcher.fetch_shard(shard))
+            with runtime.using():
+                runtime.loop.run(runtime.fetcher.fetch_shard(shard))
         else:
             runtime.loop.submit(runtime.fetcher.fetch_shard(shard))
 
@@ -974,9 +1022,7 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         """
         runtime, self._runtime = self._runtime, None
         if runtime is not None and runtime.pid == os.getpid():
-            with runtime.pool_lock:
-                runtime.pool.close()
-            runtime.release()
+            runtime.close()
 
     def __repr__(self) -> str:
         return (

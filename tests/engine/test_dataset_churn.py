@@ -56,3 +56,40 @@ def test_dropped_datasets_are_collected(served: str, tmp_path: Path) -> None:
         time.sleep(0.05)
     assert [r for r in alive if r() is not None] == []
     assert len(loop._closers) <= closers_before + 1
+
+
+def test_close_while_an_iterator_runs_closes_its_stores_when_it_ends(
+    served: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The iterator goes on after close() (the dataset stays usable) and opens its store again
+    # for the shards it still needs: that store must be closed too, once the iterator ends.
+    import astream.engine.fetch as fetch_module
+
+    opened: list[object] = []
+    closed: list[object] = []
+    real_open = fetch_module.open_store
+
+    def open_store(*args: object, **kwargs: object) -> object:
+        store = real_open(*args, **kwargs)  # type: ignore[arg-type]
+        real_aclose = store.aclose
+
+        async def aclose() -> None:
+            closed.append(store)
+            await real_aclose()
+
+        store.aclose = aclose  # type: ignore[method-assign]
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(fetch_module, "open_store", open_store)
+    dataset = StreamingDataset(remote=served, local=tmp_path / "cache", batch_size=1)
+    samples = iter(dataset)
+    assert check_sample(next(samples)) == 0
+    dataset.close()
+    assert [check_sample(s) for s in samples] == list(range(1, 60))
+    assert opened
+    for _ in range(200):  # the stores close on the IO loop
+        if all(store in closed for store in opened):
+            break
+        time.sleep(0.05)
+    assert [store for store in opened if store not in closed] == []
