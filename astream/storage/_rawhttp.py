@@ -389,7 +389,7 @@ class RawHTTP:
         connections: int,
         connect_timeout: float | None,
         read_timeout: float | None,
-        min_rate: float | None = None,
+        deadline: Callable[[int], float] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         check_headers(headers)
@@ -403,7 +403,8 @@ class RawHTTP:
         )
         self._host = next((v for n, v in headers.items() if n.lower() == "host"), None)
         self._agent = "" if "user-agent" in names else "User-Agent: astream\r\n"
-        self._min_rate = min_rate
+        # RetryConfig.deadline: seconds after sending by which n body bytes must have come.
+        self._deadline = deadline
         # Per (scheme, host): whether the environment sends it through a proxy.
         self._proxied: dict[tuple[str, str], bool] = {}
         self._idle: dict[_Key, list[_Conn]] = {}
@@ -571,15 +572,15 @@ class RawHTTP:
         if silence is None:
             return await waiter
         sent = loop.time()
-        rate = self._min_rate
+        deadline = self._deadline
         while True:
             # Wake when the read would time out: silence since the last byte, or (with a
             # minimum rate) fewer bytes than the rate owes by now. Each wake re-checks.
             quiet_until = conn.last_receive + silence
             wake = quiet_until
             received = conn.want - conn.todo  # body bytes so far
-            if rate is not None:
-                wake = min(wake, sent + silence + received / rate)
+            if deadline is not None:
+                wake = min(wake, sent + deadline(received))
             now = loop.time()
             if now >= wake:
                 where = f"{conn.key[1]}:{conn.key[2]}"
@@ -588,7 +589,7 @@ class RawHTTP:
                 else:
                     message = (
                         f"{where} sent {received} bytes in {now - sent:.1f} s: slower "
-                        f"than the minimum rate of {rate:.0f} bytes/s after {silence} s"
+                        f"than the minimum rate (RetryConfig.min_rate) after {silence} s"
                     )
                 raise TimeoutError(message)
             try:

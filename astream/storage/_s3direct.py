@@ -303,7 +303,7 @@ class DirectReads:
         connections: int,
         connect_timeout: float,
         read_timeout: float,
-        min_rate: float | None = None,
+        deadline: Callable[[int], float] | None = None,
     ) -> None:
         if endpoint_url is None:
             domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
@@ -324,7 +324,7 @@ class DirectReads:
         self._connections = connections
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._min_rate = min_rate
+        self._deadline = deadline
         self._ca_bundle = ca_bundle
         self._ssl: ssl.SSLContext | None = None
         self._raw: RawHTTP | None = None
@@ -345,7 +345,7 @@ class DirectReads:
                 connections=self._connections,
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout,
-                min_rate=self._min_rate,
+                deadline=self._deadline,
                 ssl_context=self._ssl,
             )
         return self._raw

@@ -131,7 +131,7 @@ class HTTPStore(Store):
                 connections=self.connections,
                 connect_timeout=self.retry.connect_timeout,
                 read_timeout=self.retry.read_timeout,
-                min_rate=self.retry.min_rate,
+                deadline=self.retry.deadline,
                 ssl_context=self.ssl,
             )
         return self._raw

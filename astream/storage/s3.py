@@ -268,7 +268,7 @@ class S3Store(Store):
                     connections=self.connections,
                     connect_timeout=self.retry.connect_timeout,
                     read_timeout=self.retry.read_timeout,
-                    min_rate=self.retry.min_rate,
+                    deadline=self.retry.deadline,
                 )
                 self._direct, self._direct_state = direct, "on"
         return direct
