@@ -123,6 +123,10 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     batch = next(iterator)
     stamp("first batch", began)
     first = time.perf_counter() - t0
+    for k in range(1, args.get("batches", 1)):
+        began = time.perf_counter()
+        next(iterator)
+        stamp(f"batch {k + 1}", began)
     ids = batch["id"]
     shards = [int(dataset.table.locate([i])[0][0]) for i in ids]
     statistics = repr(dataset.statistics())
@@ -170,6 +174,7 @@ def main() -> None:
     parser.add_argument("--local", action="store_true", help="read the directory in place")
     parser.add_argument("--unshuffled", action="store_true", help="also the unshuffled order")
     parser.add_argument("--option", action="append", default=[], help="KEY=JSON for the dataset")
+    parser.add_argument("--batches", type=int, default=1, help="batches to stamp (default 1)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -193,6 +198,7 @@ def main() -> None:
     if options.local:
         for shuffle in modes:
             args = {"local": str(options.mds), "shuffle": shuffle, "options": extra}
+            args["batches"] = options.batches
             _report(run(args, {}), f"local, {'shuffled' if shuffle else 'unshuffled'}")
         return
 
@@ -223,6 +229,7 @@ def main() -> None:
                 "local": str(Path(work) / f"cache-{k}"),
                 "shuffle": shuffle,
                 "options": extra,
+                "batches": options.batches,
             }
             label = f"{options.server} cold, {'shuffled' if shuffle else 'unshuffled'}"
             _report(run(args, env), label)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from astream.engine.fetch import Counters, Fetcher
+from astream.engine.fetch import LEAD_WAIT, Counters, Fetcher
 from astream.engine.loop import IOLoop
 from astream.engine.table import ShardTable
 from astream.errors import StorageError
@@ -55,6 +55,7 @@ __all__ = [
     "RANGE_LEADING",
     "RANGE_MIN_RATE",
     "RANGE_START",
+    "RANGE_WAIT",
     "RangeAhead",
 ]
 
@@ -79,6 +80,10 @@ RANGE_START = 2
 #: the whole object for every ranged GET (moto: about 8 reads/s on 64 MiB objects) serves a
 #: sample no sooner than a whole shard.
 RANGE_MIN_RATE = 20.0
+
+#: Longest wait (seconds) of the consumer for one range read: past it the sample comes from its
+#: shard (whose download a lane holds back no longer than ``LEAD_WAIT`` anyway).
+RANGE_WAIT = LEAD_WAIT
 
 Sample = dict[str, Any]
 
@@ -242,7 +247,9 @@ class RangeAhead:
 
         A read that failed, or that the fetcher declined (its stream's range reads were turned
         off meanwhile), gives ``None``: the caller reads the sample from the whole shard, whose
-        download reports any lasting failure.
+        download reports any lasting failure. A read not in after :data:`RANGE_WAIT` seconds (a
+        stalled request, whose retries could take minutes) gives ``None`` and ends this
+        iteration's range reads.
         """
         future = self._pending.get(pos)
         if future is None:
@@ -252,7 +259,12 @@ class RangeAhead:
         del self._pending[pos]
         began = time.perf_counter()
         try:
-            payload = future.result()
+            payload = future.result(RANGE_WAIT)
+        except TimeoutError:
+            # A stalled request: this iteration's range reads stop (the held downloads go) and
+            # the shards serve the samples.
+            self.close()
+            return None
         except (StorageError, OSError, concurrent.futures.CancelledError):
             return None
         finally:

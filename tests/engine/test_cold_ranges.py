@@ -217,3 +217,31 @@ def test_range_reads_slower_than_the_shards_stop(
     stats = dataset.statistics()
     assert 1 <= stats.range_samples < 64, "the reads stopped once the shards were faster"
     assert stats.cache_misses == len(list(source.glob("shard.*")))
+
+
+class StallingRangesStore(LoggingStore):
+    """The first few sample range reads answer; every later one never does."""
+
+    answered = 0
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        if StallingRangesStore.answered >= 6:
+            await asyncio.sleep(3600)  # a request that hangs (cancelled when dropped)
+        StallingRangesStore.answered += 1
+        return await super().read_range(key, start, end)
+
+
+def test_a_stalled_range_read_gives_way_to_the_shards(
+    logged: Path, source: Path, tmp_path: Path
+) -> None:
+    register_store(SCHEME, StallingRangesStore, replace=True)
+    StallingRangesStore.answered = 0
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    expected = dataset.worker_sample_ids(World(), 0, 0)
+    # Without a bound on the wait, the consumer would wait on the stalled read forever.
+    assert _ids(dataset) == [int(i) for i in expected if i >= 0]
+    stats = dataset.statistics()
+    assert 1 <= stats.range_samples < RANGE_LEADING
+    assert stats.cache_misses == len(list(source.glob("shard.*")))
