@@ -457,6 +457,8 @@ def iter_samples(
                         event = plan.next_event
                         counters.set("window_depth", plan.depth())
                     reader = readers[shard]
+                    if reader is not None:
+                        decode, buffer, offsets, source = reader.decoding()
                 if reader is None:
                     sample = ranges.take(lo + k) if ranges.active else None
                     if sample is None:
@@ -466,8 +468,10 @@ def iter_samples(
                         yield sample
                         continue
                     reader = open_reader(shard)
+                    decode, buffer, offsets, source = reader.decoding()
                 yielded += 1
-                yield reader[index]
+                # reader[index], without a method call (index is in range: table.locate's).
+                yield decode(buffer, offsets[index], offsets[index + 1], source)
             tail = nexts[-1]
             counters.add("samples", yielded)
             yielded = 0

@@ -393,6 +393,16 @@ class ShardReader:
             index = self._index(index)
         return self._decode(self._data, offsets[index], offsets[index + 1], self._source)
 
+    def decoding(
+        self,
+    ) -> tuple[Callable[[_Buffer, int, int, str], dict[str, Any]], _Buffer, list[int], str]:
+        """``(decode, buffer, offsets, source)``: sample ``i`` is
+        ``decode(buffer, offsets[i], offsets[i + 1], source)``, which is what ``reader[i]``
+        returns, without its bounds check (``0 <= i < len(reader)`` is the caller's to keep)
+        and without a method call per sample, for a caller that reads many samples of the
+        shard in a row. Valid until the reader closes."""
+        return self._decode, self._data, self._offsets, self._source
+
     def close(self) -> None:
         """Unmap the shard's files. Idempotent."""
         for buf in (self._data, self._extra):

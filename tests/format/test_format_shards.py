@@ -283,9 +283,12 @@ def test_offsets_range_and_decode_sample_read_like_the_reader(tmp_path: Path) ->
     offsets = parse_offsets(shard, data[start:end])
     assert offsets.dtype == np.uint32 and len(offsets) == 6
     with open_shard(shard, tmp_path) as reader:
+        # What the window reads many samples of a shard with, without a call per sample.
+        decode, buffer, starts, source = reader.decoding()
         for i in range(5):
             payload = memoryview(data)[offsets[i] : offsets[i + 1]]
             assert decode_sample(shard, payload) == reader[i] == {"b": bytes([i]) * (i + 3), "n": i}
+            assert decode(buffer, starts[i], starts[i + 1], source) == reader[i]
         assert reader[-1] == reader[4]
         with pytest.raises(IndexError):
             reader[5]
@@ -302,6 +305,9 @@ def test_split_format_offsets_live_in_the_meta_file(tmp_path: Path) -> None:
     data = (tmp_path / payload_basename(shard)).read_bytes()
     assert data[: offsets[0]] == b"a\n"
     assert decode_sample(shard, data[offsets[1] : offsets[2]]) == {"a": "world"}
+    with open_shard(shard, tmp_path) as reader:
+        decode, buffer, starts, source = reader.decoding()
+        assert decode(buffer, starts[1], starts[2], source) == reader[1] == {"a": "world"}
 
 
 def test_truncated_shard_is_refused_naming_the_file(tmp_path: Path) -> None:
