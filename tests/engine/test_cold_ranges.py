@@ -22,7 +22,8 @@ from cache_worker import RangedLocalStore
 from datasets import check_sample, write_mds
 
 from astream import StreamingDataLoader, StreamingDataset
-from astream.engine.ranges import RANGE_LEADING
+from astream.engine import ranges
+from astream.engine.ranges import RANGE_LANE_JUDGE, RANGE_LEADING, RANGE_START
 from astream.plan import World
 from astream.storage import RetryConfig, TransferConfig, register_store
 from astream.storage._transfer import write_part
@@ -134,10 +135,12 @@ def logged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_the_first_batch_comes_by_range_before_any_shard_downloads(
-    logged: Path, source: Path, tmp_path: Path
+    logged: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The lane: whole-shard downloads wait until every read of the first RANGE_LEADING
-    # positions is in, instead of sharing the server with them.
+    # positions is in, instead of sharing the server with them. (However busy the machine, the
+    # lane is not judged too slow here: the rate rule has a test of its own.)
+    monkeypatch.setattr(ranges, "RANGE_LANE_MIN_RATE", 0.0)
     dataset = StreamingDataset(
         remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
     )
@@ -244,4 +247,40 @@ def test_a_stalled_range_read_gives_way_to_the_shards(
     assert _ids(dataset) == [int(i) for i in expected if i >= 0]
     stats = dataset.statistics()
     assert 1 <= stats.range_samples < RANGE_LEADING
+    assert stats.cache_misses == len(list(source.glob("shard.*")))
+
+
+LANE = 100
+
+
+class SerialRangesStore(LoggingStore):
+    """Range reads served one at a time, 5 ms each (at most 200 requests/s, offsets reads
+    included): a server that copies the object for every ranged GET, as moto does."""
+
+    lock: asyncio.Lock | None = None
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        if SerialRangesStore.lock is None:
+            SerialRangesStore.lock = asyncio.Lock()
+        async with SerialRangesStore.lock:
+            await asyncio.sleep(0.005)
+            return await super().read_range(key, start, end)
+
+
+def test_a_lane_slower_than_its_rate_rule_gives_way_to_the_shards(
+    logged: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lane of 100 reads (0.6 s here), well within the hold's 2 s: only the rate rule ends it.
+    monkeypatch.setattr(ranges, "RANGE_LEADING", LANE)
+    monkeypatch.setattr(ranges, "RANGE_BUDGET", LANE)
+    register_store(SCHEME, SerialRangesStore, replace=True)
+    SerialRangesStore.lock = None  # made on the IO loop at first use
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    expected = dataset.worker_sample_ids(World(), 0, 0)
+    assert _ids(dataset) == [int(i) for i in expected if i >= 0]
+    stats = dataset.statistics()
+    # The probe passed (2 samples in about 20 ms), the lane then stopped at its judgement.
+    assert RANGE_START + RANGE_LANE_JUDGE <= stats.range_samples < LANE
     assert stats.cache_misses == len(list(source.glob("shard.*")))
