@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from astream import StreamingDataLoader, StreamingDataset
+from astream.loader import SMALL_TENSOR_BYTES
 from tests.engine.datasets import check_sample, write_mds
 
 N = 40
@@ -83,3 +85,44 @@ def test_the_users_worker_init_fn_still_runs(dataset_dir: Path) -> None:
     assert sorted({tuple(b["init"]) for b in batches}) == [(0,), (1,)]
     # The attribute is the user's, before and after the workers started.
     assert loader.worker_init_fn is _user_init
+
+
+def _tensors(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return _tensors_of([check_sample(s) for s in samples])
+
+
+def _tensors_of(sample_ids: list[int]) -> dict[str, Any]:
+    """A batch of tensors of every kind of layout, small and big, as a collate returns them."""
+    ids = torch.tensor(sample_ids, dtype=torch.int64)
+    grid = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    return {
+        "ids": ids,
+        "half": ids.to(torch.bfloat16),
+        "flags": ids % 2 == 0,
+        "transposed": grid.t(),  # not contiguous
+        "view": grid[1:3, 2:],  # a view into a bigger storage
+        "scalar": torch.tensor(7),
+        "empty": torch.zeros(0, 3),
+        "big": torch.ones(SMALL_TENSOR_BYTES // 4 + 1, dtype=torch.float32),
+    }
+
+
+def test_small_tensors_come_by_value_big_ones_in_shared_memory(dataset_dir: Path) -> None:
+    # A tensor sent through shared memory costs the main process a file-descriptor hand-off
+    # with the worker (a socket connection and an HMAC challenge each way), whatever its size:
+    # small ones come inside the batch's pickle instead, with the same values, dtype and shape.
+    dataset = StreamingDataset(local=dataset_dir, batch_size=8)
+    loader = StreamingDataLoader(dataset, batch_size=8, num_workers=1, collate_fn=_tensors)
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    grid = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    for batch in batches:
+        expected = _tensors_of(batch["ids"].tolist())
+        for name, tensor in batch.items():
+            want = expected[name]
+            assert tensor.dtype == want.dtype and tensor.shape == want.shape, name
+            assert torch.equal(tensor, want), name
+            # By value: plain memory of its own, writable; the big one came through shm.
+            assert tensor.is_shared() == (name == "big"), name
+        batch["ids"] += 1  # writable
+        assert torch.equal(batch["transposed"], grid.t())
