@@ -788,16 +788,21 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
                 window=self.window,
                 allow_unsafe_types=self.allow_unsafe_types,
                 cache_share=self._cache_share(),
+                consumers=self._consumers(),
             ),
         )
+
+    def _consumers(self) -> int:
+        """Processes of this node that iterate at once (ranks x DataLoader workers)."""
+        world = detect_world()
+        return world.ranks_per_node * world.workers_per_rank
 
     def _cache_share(self) -> int | None:
         """Bytes of ``cache_limit`` one consumer of this node may fill (ranks x workers share
         it), or ``None`` when nothing is evictable."""
         if self.cache_limit is None or all(s.remote is None for s in self._sources):
             return None
-        world = detect_world()
-        return self.cache_limit // (world.ranks_per_node * world.workers_per_rank)
+        return self.cache_limit // self._consumers()
 
     def __aiter__(self) -> AsyncIterator[Sample]:
         """``async for``: this process's samples of the next epoch, never blocking the loop.

@@ -294,11 +294,14 @@ def iter_samples(
     window: WindowConfig,
     allow_unsafe_types: bool = False,
     cache_share: int | None = None,
+    consumers: int = 1,
 ) -> Iterator[Sample]:
     """Yield the samples ``ids`` in order, fetching on ``loop``'s thread, decoding here.
 
     :param cache_share: bytes of ``cache_limit`` this consumer may fill (see
         :func:`consumer_limits`), ``None`` without a limit.
+    :param consumers: processes of this node iterating at once (ranks x DataLoader workers):
+        they share the store's rate (see :class:`~astream.engine.ranges.RangeAhead`).
     """
     array = _prepared(ids, table)
     if not len(array):
@@ -340,6 +343,7 @@ def iter_samples(
         within=within,
         local=local,
         allow_unsafe_types=allow_unsafe_types,
+        consumers=consumers,
     )
     if not window.range_reads:
         ranges.close()

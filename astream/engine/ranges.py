@@ -116,6 +116,9 @@ class RangeAhead:
     :param budget: positions from the start that may be requested at all (the cold start).
     :param spread: range reads are used only when the first ``ahead`` positions span more than
         this many shards, in more than two runs per shard on average (a shuffle).
+    :param consumers: processes of the node iterating at once, each with a lane of its own on
+        the same store: the lane's rate rule (:data:`RANGE_LANE_MIN_RATE`) counts their reads
+        together (this process's rate times ``consumers``).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class RangeAhead:
         budget: int | None = None,
         spread: int = 2,
         allow_unsafe_types: bool = False,
+        consumers: int = 1,
     ) -> None:
         self.table = table
         self.fetcher = fetcher
@@ -143,6 +147,7 @@ class RangeAhead:
         self.ahead = RANGE_AHEAD if ahead is None else ahead
         self.budget = min(len(shard_of), RANGE_BUDGET if budget is None else budget)
         self.allow_unsafe_types = allow_unsafe_types
+        self.consumers = max(1, consumers)
         self._next = 0  # the next position to consider
         self._pending: dict[int, concurrent.futures.Future[bytes | None]] = {}
         self._order: collections.deque[int] = collections.deque()
@@ -310,7 +315,8 @@ class RangeAhead:
             with self._lead_lock:
                 done = self._lead_reads - self._lead_out - self._done_at_open
             rate = done / max(time.perf_counter() - self._opened, 1e-6)
-            if rate < RANGE_LANE_MIN_RATE:
+            # The node's other consumers run their lanes at the same time, on the same store.
+            if rate * self.consumers < RANGE_LANE_MIN_RATE:
                 self.fetcher.range_slow = True
                 self.close()
         elif self._taken >= RANGE_JUDGE_AFTER and self._pending:

@@ -284,3 +284,21 @@ def test_a_lane_slower_than_its_rate_rule_gives_way_to_the_shards(
     # The probe passed (2 samples in about 20 ms), the lane then stopped at its judgement.
     assert RANGE_START + RANGE_LANE_JUDGE <= stats.range_samples < LANE
     assert stats.cache_misses == len(list(source.glob("shard.*")))
+
+
+def test_the_lane_rate_rule_counts_the_nodes_other_consumers(
+    logged: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same slow store, but as one of many processes of a node (ranks x DataLoader workers)
+    # whose lanes share it: their reads together are fast enough, and the lane runs its course.
+    monkeypatch.setattr(ranges, "RANGE_LEADING", LANE)
+    monkeypatch.setattr(ranges, "RANGE_BUDGET", LANE)
+    monkeypatch.setattr(StreamingDataset, "_consumers", lambda self: 1000)
+    register_store(SCHEME, SerialRangesStore, replace=True)
+    SerialRangesStore.lock = None
+    dataset = StreamingDataset(
+        remote=f"{SCHEME}://{source}", local=tmp_path / "cache", shuffle=True, batch_size=8
+    )
+    expected = dataset.worker_sample_ids(World(), 0, 0)
+    assert _ids(dataset) == [int(i) for i in expected if i >= 0]
+    assert dataset.statistics().range_samples == LANE
