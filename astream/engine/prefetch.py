@@ -163,7 +163,15 @@ def _open_cached(
         if not cache.is_ready(info):
             pin.release()
             return None
-        reader = open_shard(info, cache.directory_of(info), allow_unsafe_types=allow_unsafe_types)
+        try:
+            reader = open_shard(
+                info, cache.directory_of(info), allow_unsafe_types=allow_unsafe_types
+            )
+        except FileNotFoundError:
+            # Deleted between the check and the open (by hand, or a cleaner that ignores pins):
+            # as evicted, fetched again by the caller.
+            pin.release()
+            return None
         return reader, pin
     except BaseException:
         pin.release()

@@ -160,14 +160,9 @@ def test_cache_limit_counts_the_index_and_refuses_an_impossible_limit(tmp_path: 
     minimum = int(str(info.value).split("the minimum is ")[1].split()[0])
     index = (tmp_path / "l1" / "index.json").stat().st_size
     assert minimum > index + 5 * largest  # the shard read and prefetch_shards=4 ahead
-    # One download at a time: concurrent downloads may each make room before the other's file
-    # exists, and overshoot the limit by up to a shard each.
+    # Concurrent downloads (max_downloads) each reserve their room: together they stay within.
     dataset = StreamingDataset(
-        remote=str(remote),
-        local=str(tmp_path / "l2"),
-        cache_limit=minimum,
-        batch_size=4,
-        max_downloads=1,
+        remote=str(remote), local=str(tmp_path / "l2"), cache_limit=minimum, batch_size=4
     )
     assert dataset.cache_usage >= index  # the index and astream's record count
     assert sorted(check_sample(s, 100) for s in dataset) == list(range(400))
