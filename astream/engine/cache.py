@@ -180,38 +180,35 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
 
 
-def _remove_temps(final: Path) -> None:
-    """Delete temporary files of ``final`` (the caller holds the lock that guards it)."""
+def _temps_of(final: Path) -> list[os.DirEntry[str]]:
+    """The temporary files of ``final`` (see :func:`_temp_name`) now in its folder."""
     prefix = f".{final.name}{_TMP_MARKER}"
     try:
         entries = list(os.scandir(final.parent))
     except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.name.startswith(prefix):
-            _unlink(Path(entry.path))
+        return []
+    return [entry for entry in entries if entry.name.startswith(prefix)]
+
+
+def _remove_temps(final: Path) -> None:
+    """Delete temporary files of ``final`` (the caller holds the lock that guards it)."""
+    for entry in _temps_of(final):
+        _unlink(Path(entry.path))
 
 
 def _bytes_with_temps(final: Path) -> int:
     """Bytes of ``final`` and of its temporary files (a download or decompression under way)."""
     total = 0
-    prefix = f".{final.name}{_TMP_MARKER}"
     with contextlib.suppress(OSError):
         total += os.lstat(final).st_size
     try:
-        entries = list(os.scandir(final.parent))
+        temps = _temps_of(final)
     except OSError:
         return total
-    for entry in entries:
-        if entry.name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                total += entry.stat(follow_symlinks=False).st_size
+    for entry in temps:
+        with contextlib.suppress(OSError):
+            total += entry.stat(follow_symlinks=False).st_size
     return total
-
-
-def _shard_basenames(shard: ShardInfo) -> list[str]:
-    """Every file a shard may have in the cache: raw files and their compressed ones."""
-    return [info.basename for pair in _file_pairs(shard) for info in pair if info is not None]
 
 
 def folder_bytes(root: Path) -> int:
@@ -339,7 +336,11 @@ class ShardCache:
         )
 
     def _lock_path(self, shard: ShardInfo) -> Path:
-        return self._meta / "locks" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.lock"
+        return self._lock_named(f"{urllib.parse.quote(shard.raw.basename, safe='')}.json")
+
+    def _lock_named(self, record: str) -> Path:
+        """The lock file of the shard whose stamp or reservation is named ``record``."""
+        return self._meta / "locks" / f"{record.removesuffix('.json')}.lock"
 
     def _stamp_path(self, shard: ShardInfo) -> Path:
         return self._meta / "shards" / f"{urllib.parse.quote(shard.raw.basename, safe='')}.json"
@@ -859,7 +860,7 @@ class ShardCache:
     # process is deleted by the next pass that finds its shard's lock free.
 
     def _reserve(self, shard: ShardInfo, needed: int) -> None:
-        files = [name for name in _shard_basenames(shard) if _belongs(shard.raw.basename, name)]
+        files = [name for name in shard.basenames if _belongs(shard.raw.basename, name)]
         path = self._reservation_path(shard)
         path.parent.mkdir(exist_ok=True)
         _replace_json(path, {"files": files, "bytes": needed})
@@ -877,7 +878,7 @@ class ShardCache:
             if _TMP_MARKER in entry.name or not entry.name.endswith(".json"):
                 continue
             try:
-                free = FileLock.try_acquire(self._meta / "locks" / f"{entry.name[:-5]}.lock")
+                free = FileLock.try_acquire(self._lock_named(entry.name))
             except OSError:
                 continue  # a name no shard of ours has (too long for a lock file)
             if free is not None:
@@ -907,7 +908,7 @@ class ShardCache:
     def _delete_unheld(self, name: str, files: list[Path], size: int) -> bool:
         """Delete one stamped shard (its files, then its stamp) unless a process pins or
         downloads it; whether it was deleted. The caller holds the cache-wide lock."""
-        lock = FileLock.try_acquire(self._meta / "locks" / f"{name[:-5]}.lock")
+        lock = FileLock.try_acquire(self._lock_named(name))
         if lock is None:
             return False
         with lock:
