@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,44 @@ async def _upload(paths: list[Path], url: str, options: dict[str, Any]) -> None:
     async with open_store(url, **options) as store:
         for path in paths:
             await store.upload(path, path.name)
+
+
+@contextlib.contextmanager
+def s3_serving(server: str, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(url, env)``: ``folder``'s files uploaded to a loopback ``server`` (``"s3rver"`` or
+    ``"moto"``), and the environment through which a child process reaches them."""
+    from tests.servers.moto_s3 import moto_s3_server
+    from tests.servers.s3rver import s3rver_server
+
+    context: Any = s3rver_server(buckets=("cold",)) if server == "s3rver" else moto_s3_server()
+    with context as running:
+        bucket = "cold" if server == "s3rver" else running.create_bucket()
+        store_options = running.store_options()
+        url = f"s3://{bucket}/data"
+        asyncio.run(_upload(sorted(folder.iterdir()), url, store_options))
+        yield (
+            url,
+            {
+                "S3_ENDPOINT_URL": store_options["endpoint_url"],
+                "AWS_ACCESS_KEY_ID": store_options["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": store_options["aws_secret_access_key"],
+                "AWS_DEFAULT_REGION": store_options["region"],
+            },
+        )
+
+
+def run_child(argv: list[str], args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``python *argv --child <args as JSON>`` with ``env`` added; its last line, parsed."""
+    out = subprocess.run(
+        [sys.executable, *argv, "--child", json.dumps(args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    if out.returncode:
+        raise SystemExit(f"the child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -102,29 +142,12 @@ def main() -> None:
         print(json.dumps(_child(json.loads(options.child))))
         return
 
-    from tests.servers.moto_s3 import moto_s3_server
-    from tests.servers.s3rver import s3rver_server
-
     with tempfile.TemporaryDirectory(prefix="astream-cold-") as work:
         data = Path(work) / "data"
         _write(data, options.samples, options.sample_bytes, options.shard_mb * MB)
         shards = len(list(data.glob("shard.*")))
         total = sum(p.stat().st_size for p in data.iterdir())
-        if options.server == "s3rver":
-            context: Any = s3rver_server(buckets=("cold",))
-        else:
-            context = moto_s3_server()
-        with context as server:
-            bucket = "cold" if options.server == "s3rver" else server.create_bucket()
-            store_options = server.store_options()
-            url = f"s3://{bucket}/data"
-            asyncio.run(_upload(sorted(data.iterdir()), url, store_options))
-            env = {
-                "S3_ENDPOINT_URL": store_options["endpoint_url"],
-                "AWS_ACCESS_KEY_ID": store_options["aws_access_key_id"],
-                "AWS_SECRET_ACCESS_KEY": store_options["aws_secret_access_key"],
-                "AWS_DEFAULT_REGION": store_options["region"],
-            }
+        with s3_serving(options.server, data) as (url, env):
             print(
                 f"{options.server}: {options.samples} samples of {options.sample_bytes} B in "
                 f"{shards} shards of {options.shard_mb} MiB ({total / 1e6:.0f} MB); "
@@ -146,17 +169,7 @@ def main() -> None:
                         "shuffle": shuffle,
                         "range_reads": ranges,
                     }
-                    child_env = {**os.environ, **env}
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--child", json.dumps(args)],
-                        check=False,
-                        capture_output=True,
-                        text=True,
-                        env=child_env,
-                    )
-                    if out.returncode:
-                        raise SystemExit(f"the child failed:\n{out.stderr[-3000:]}")
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row = run_child([__file__], args, env)
                     label = f"shuffled, range reads {ranges}" if shuffle else "unshuffled"
                     print(
                         f"  {label:26s} first batch "

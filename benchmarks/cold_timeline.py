@@ -15,11 +15,8 @@ handed over. ``--local`` reads the directory in place instead (no download)::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.cold_start import collate, run_child, s3_serving  # noqa: E402
+
 BATCH = 256
-
-
-def collate(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {"id": [int(s["id"]) for s in batch], "data": [s["data"] for s in batch]}
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
@@ -184,16 +179,7 @@ def main() -> None:
     modes = [True, False] if options.unshuffled else [True]
 
     def run(args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-        out = subprocess.run(
-            [sys.executable, __file__, str(options.mds), "--child", json.dumps(args)],
-            check=False,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-        )
-        if out.returncode:
-            raise SystemExit(f"the child failed:\n{out.stderr[-3000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        return run_child([__file__, str(options.mds)], args, env)
 
     if options.local:
         for shuffle in modes:
@@ -202,27 +188,10 @@ def main() -> None:
             _report(run(args, {}), f"local, {'shuffled' if shuffle else 'unshuffled'}")
         return
 
-    from astream.storage import open_store
-    from tests.servers.moto_s3 import moto_s3_server
-    from tests.servers.s3rver import s3rver_server
-
-    async def upload(url: str, store_options: dict[str, Any]) -> None:
-        async with open_store(url, **store_options) as store:
-            for path in sorted(options.mds.iterdir()):
-                await store.upload(path, path.name)
-
-    context: Any = s3rver_server(("cold",)) if options.server == "s3rver" else moto_s3_server()
-    with context as server, tempfile.TemporaryDirectory(prefix="astream-timeline-") as work:
-        bucket = "cold" if options.server == "s3rver" else server.create_bucket()
-        store_options = server.store_options()
-        url = f"s3://{bucket}/data"
-        asyncio.run(upload(url, store_options))
-        env = {
-            "S3_ENDPOINT_URL": store_options["endpoint_url"],
-            "AWS_ACCESS_KEY_ID": store_options["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": store_options["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": store_options["region"],
-        }
+    with (
+        s3_serving(options.server, options.mds) as (url, env),
+        tempfile.TemporaryDirectory(prefix="astream-timeline-") as work,
+    ):
         for k, shuffle in enumerate(modes):
             args = {
                 "remote": url,
