@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import io
+import itertools
+import mmap
 import os
+import pickle
+import struct
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from multiprocessing.reduction import ForkingPickler
+from multiprocessing.reduction import DupFd, ForkingPickler
 from typing import Any
 
 from astream.errors import ConfigError, MissingDependencyError
@@ -54,7 +61,8 @@ def keep_heap_for_batches(pad: int = WORKER_HEAP_PAD) -> bool:
 #: main process then fetches over a socket of its own from the worker (a connection, an HMAC
 #: challenge each way): about 1.5 ms per tensor on the build machine, and the main process waits
 #: it out batch after batch, whatever the tensor's size. Up to 64 KiB (a pipe's default buffer,
-#: so the message goes in one write) a copy costs microseconds. Bigger tensors go the torch way.
+#: so the message goes in one write) a copy costs microseconds. Bigger tensors of a batch go
+#: through the worker's ring (:class:`_BatchRing`) where they can, else the torch way.
 SMALL_TENSOR_BYTES = 64 << 10
 
 
@@ -85,6 +93,213 @@ def send_small_tensors_by_value() -> None:
     """In this process, pickle for other processes tensors of up to
     :data:`SMALL_TENSOR_BYTES` by value (see there); bigger ones as torch does."""
     ForkingPickler.register(torch.Tensor, _reduce_tensor)
+
+
+#: Bytes of the shared memory through which each DataLoader worker hands its batches' bigger
+#: tensors to the main process (see :class:`_BatchRing`). Pages are taken as batches fill them:
+#: the ring restarts at its beginning whenever the main process has taken everything, so a
+#: worker holds about the bytes of its batches in flight (``prefetch_factor`` of them).
+RING_BYTES = 64 << 20
+_RING_HEAD = 64  # the ring's first bytes: the main process's "taken up to" count (uint64)
+_BLOCK_HEAD = struct.Struct("<QQ")  # each block: its start and its size, checked on arrival
+_RINGS: weakref.WeakValueDictionary[str, _BatchRing] = weakref.WeakValueDictionary()
+_ring_names = itertools.count()
+
+
+class _BatchRing:
+    """Shared memory through which one DataLoader worker sends its batches' big tensors.
+
+    torch sends a tensor of a batch by copying it into a new shared-memory segment whose file
+    descriptor the main process then fetches from the worker over a connection of its own: the
+    worker answers it from a thread that must first take the worker's interpreter lock, which the
+    worker, decoding its next batch, holds for up to ``sys.getswitchinterval()`` (5 ms) at a
+    time. The main process waits that out for every batch. Here the worker copies the tensor
+    into this ring instead, created with the DataLoader's iterator and shared with the worker
+    once, and the main process copies it out as it unpickles the batch: it never waits on the
+    worker.
+
+    A ring of ``RING_BYTES`` after a small head. The worker appends blocks; the main process takes
+    them in the order they were sent (one worker's batches arrive in order) and records in the head
+    how far it has taken them, which is what frees the bytes for the worker. A block that does
+    not fit goes the torch way, so the worker never waits either.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.name = f"{os.getpid()}-{next(_ring_names)}"
+        self.size = size
+        self.fd = os.memfd_create(f"astream-batches-{self.name}", os.MFD_CLOEXEC)
+        self._setup()
+        _RINGS[self.name] = self
+
+    def _setup(self) -> None:
+        os.ftruncate(self.fd, _RING_HEAD + self.size)
+        self.map = mmap.mmap(self.fd, _RING_HEAD + self.size)
+        # Each is one aligned 8-byte load or store, never torn by the other process's access.
+        self._taken = ctypes.c_uint64.from_buffer(self.map, 0)
+        self._base = ctypes.addressof(ctypes.c_char.from_buffer(self.map, _RING_HEAD))
+        self._head = 0  # the worker's: where its next block starts (a count of bytes ever used)
+        self._floor = 0  # the worker's: where its current lap on an empty ring started
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # For a worker started by spawn or forkserver: the file descriptor travels with the
+        # process's start (a forked worker shares the object itself and never pickles it).
+        return _ring_of_fd, (self.name, self.size, DupFd(self.fd))
+
+    def put(self, tensor: Tensor) -> int | None:
+        """Copy ``tensor``'s bytes into the ring (in the worker); where it starts, or ``None`` when
+        the ring has no room for it now (the caller sends it another way)."""
+        nbytes = tensor.numel() * tensor.element_size()
+        need = _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
+        size = self.size
+        if need > size // 4:
+            return None
+        with self._lock:
+            # What the main process has taken, or more: a lap started on an empty ring frees
+            # the rest of the lap before it.
+            taken = max(self._taken.value, self._floor)
+            head = self._head
+            if taken >= head:
+                # All taken: start again at the ring's beginning (the next lap's start).
+                start = self._floor = -(-head // size) * size
+            else:
+                at = head % size
+                start = head if at + need <= size else head + size - at
+                if start + need - taken > size:
+                    return None
+            self._head = start + need
+        address = self._base + start % size
+        _BLOCK_HEAD.pack_into(self.map, _RING_HEAD + start % size, start, nbytes)
+        ctypes.memmove(address + _BLOCK_HEAD.size, tensor.data_ptr(), nbytes)
+        return start
+
+    def take(self, start: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+        """The tensor the worker put at ``start`` (in the main process), copied out; frees its
+        bytes and those of every block before it."""
+        offset = _RING_HEAD + start % self.size
+        begin, nbytes = _BLOCK_HEAD.unpack_from(self.map, offset)
+        out = torch.empty(shape, dtype=dtype)
+        if begin != start or nbytes != out.numel() * out.element_size():
+            raise RuntimeError(
+                f"StreamingDataLoader: a worker's batch tensor at {start} of ring {self.name} "
+                "was overwritten before the main process took it (an astream bug: please report it)"
+            )
+        ctypes.memmove(out.data_ptr(), self._base + start % self.size + _BLOCK_HEAD.size, nbytes)
+        end = start + _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
+        if end > self._taken.value:
+            self._taken.value = end
+        return out
+
+    def close(self) -> None:
+        del self._taken, self._base
+        self.map.close()
+        os.close(self.fd)
+
+
+def _ring_of_fd(name: str, size: int, fd: Any) -> _BatchRing:
+    """A ring of the main process, in a worker it spawned (see :meth:`_BatchRing.__reduce__`)."""
+    ring = _BatchRing.__new__(_BatchRing)
+    ring.name, ring.size, ring.fd = name, size, fd.detach()
+    ring._setup()
+    return ring
+
+
+def _fits_ring(tensor: Tensor) -> bool:
+    """A plain dense CPU tensor that is its whole storage: copied out, it is the same tensor."""
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.requires_grad
+        and not tensor.is_quantized
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+        and tensor.is_contiguous()
+        and tensor.storage_offset() == 0
+        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    )
+
+
+def _from_ring(name: str, start: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+    ring = _RINGS.get(name)
+    if ring is None:
+        raise RuntimeError(
+            f"StreamingDataLoader: a batch tensor came through ring {name}, which this process "
+            "does not have (a batch of a DataLoader worker unpickled outside its main process)"
+        )
+    return ring.take(start, dtype, shape)
+
+
+class _BatchPickler(ForkingPickler):
+    """Pickles a batch in a worker: tensors bigger than :data:`SMALL_TENSOR_BYTES` through the
+    worker's ring when they fit, everything else as the worker pickles it anyway."""
+
+    def __init__(self, file: io.BytesIO, ring: _BatchRing) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.ring = ring
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, torch.Tensor)
+            and obj.numel() * obj.element_size() > SMALL_TENSOR_BYTES
+            and _fits_ring(obj)
+        ):
+            start = self.ring.put(obj)
+            if start is not None:
+                return _from_ring, (self.ring.name, start, obj.dtype, tuple(obj.shape))
+        return NotImplemented
+
+
+def _unpickle_batch(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+class _RingBatch:
+    """A collated batch on its way from a worker: pickles through :class:`_BatchPickler`."""
+
+    __slots__ = ("batch", "ring")
+
+    def __init__(self, batch: Any, ring: _BatchRing) -> None:
+        self.batch = batch
+        self.ring = ring
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        buffer = io.BytesIO()
+        _BatchPickler(buffer, self.ring).dump(self.batch)
+        return _unpickle_batch, (buffer.getvalue(),)
+
+
+class _RingCollate:
+    """The user's collate_fn, in a worker, with its batch sent through the worker's ring."""
+
+    def __init__(self, collate: Callable[[Any], Any], rings: list[_BatchRing]) -> None:
+        self.collate = collate
+        self.rings = rings
+
+    def __call__(self, samples: Any) -> Any:
+        batch = self.collate(samples)
+        info = torch.utils.data.get_worker_info()
+        if info is None:  # not in a worker (called by hand): nothing to send
+            return batch
+        return _RingBatch(batch, self.rings[info.id])
+
+
+def _open_rings(count: int) -> list[_BatchRing]:
+    """A ring per worker; none where the system has no ``memfd_create`` (torch's way then)."""
+    if not hasattr(os, "memfd_create"):
+        return []
+    rings: list[_BatchRing] = []
+    try:
+        rings.extend(_BatchRing(RING_BYTES) for _ in range(count))
+    except OSError:  # no memfd here (a sandbox that forbids it): torch's way
+        _close_rings(rings)
+        return []
+    return rings
+
+
+def _close_rings(rings: list[_BatchRing]) -> None:
+    for ring in rings:
+        ring.close()
 
 
 class _WorkerSetup:
@@ -134,8 +349,10 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
     zeroed pages (about a page fault per 4 KiB of samples and collate buffers otherwise). The
     user's ``worker_init_fn`` runs after that setting, and the attribute stays the user's.
     Tensors of a batch up to :data:`SMALL_TENSOR_BYTES` (64 KiB) travel from a worker inside
-    the batch's pickle, as plain memory of the main process; bigger ones through shared memory,
-    as torch sends them (which costs the main process a file-descriptor hand-off per tensor).
+    the batch's pickle, as plain memory of the main process; bigger plain ones through a ring of
+    shared memory per worker (:class:`_BatchRing`, Linux), copied out by the main process; any
+    other through shared memory as torch sends them (which costs the main process a
+    file-descriptor hand-off per tensor, waiting on the worker).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -175,12 +392,22 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
         # worker_init_fn attribute is left as the user set it.
         if self.num_workers == 0:
             return super()._get_iterator()
-        user_init = self.worker_init_fn
+        user_init, user_collate = self.worker_init_fn, self.collate_fn
+        rings = _open_rings(self.num_workers) if self._auto_collation else []
         self.worker_init_fn = _WorkerSetup(user_init)
+        if rings:
+            self.collate_fn = _RingCollate(user_collate, rings)
         try:
-            return super()._get_iterator()
+            iterator = super()._get_iterator()
+        except BaseException:
+            _close_rings(rings)
+            raise
         finally:
-            self.worker_init_fn = user_init
+            self.worker_init_fn, self.collate_fn = user_init, user_collate
+        if rings:
+            # The rings live as long as the iterator (and its workers), persistent or not.
+            weakref.finalize(iterator, _close_rings, rings)
+        return iterator
 
     def _restart_stale_workers(self, claim: tuple[int, int]) -> None:
         """Shut down persistent workers that would not run ``claim`` by themselves.
