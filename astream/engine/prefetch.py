@@ -71,6 +71,8 @@ __all__ = [
 ]
 
 Sample = dict[str, Any]
+#: ShardReader.decoding(): (decode, buffer, offsets, source).
+_Decoding = tuple[Callable[[Any, int, int, str], Sample], Any, list[int], str]
 T = TypeVar("T")
 
 #: Most samples one ``async for`` hop takes from the worker thread.
@@ -323,8 +325,13 @@ def iter_samples(
     # The open shards: reader by shard (a list: the per-sample lookup), their pins, and for
     # each open shard other than the current one, the next position that needs it.
     readers: list[ShardReader | None] = [None] * len(table.shards)
+    # reader.decoding() of each open shard: what the per-sample path reads, without a call.
+    decodings: list[_Decoding | None] = [None] * len(table.shards)
     pins: dict[int, ShardPin] = {}
     next_need: dict[int, int] = {}
+    # Whether open shards may ever have to be closed for others (Belady, on next_need): not
+    # when this iteration reads no more shards than may stay open.
+    track_need = int(np.count_nonzero(np.bincount(shard_of))) > keep_open
     ready: set[int] = set()
 
     def local(shard: int) -> bool:
@@ -412,6 +419,7 @@ def iter_samples(
 
     def close(shard: int) -> None:
         reader, readers[shard] = readers[shard], None
+        decodings[shard] = None
         next_need.pop(shard, None)
         pin = pins.pop(shard, None)
         if reader is not None:
@@ -434,13 +442,14 @@ def iter_samples(
             entry = _open_cached(table, caches, shard, allow_unsafe_types)
             if entry is not None:
                 readers[shard], pins[shard] = entry
+                decodings[shard] = entry[0].decoding()
                 return entry[0]
             # Evicted after its download (a cache too small for what is open): fetch it again.
             futures[shard] = loop.submit(_tracked(fetcher.fetch_shard(shard), running))
         raise evicted_error(table, shard)
 
     current = -1
-    reader: ShardReader | None = None
+    decoding: _Decoding | None = None
     event = 0  # plan.next_event, in a local
     tail = -1  # next use of the position before the current chunk
     yielded = 0
@@ -460,7 +469,7 @@ def iter_samples(
                         following = nexts[k - 1] if k else tail
                         if following < 0:
                             close(current)  # its last use in this iteration
-                        else:
+                        elif track_need:
                             next_need[current] = following
                     current = shard
                     if lo + k >= event:
@@ -468,10 +477,10 @@ def iter_samples(
                             start(due)
                         event = plan.next_event
                         counters.set("window_depth", plan.depth())
-                    reader = readers[shard]
-                    if reader is not None:
-                        decode, buffer, offsets, source = reader.decoding()
-                if reader is None:
+                    decoding = decodings[shard]
+                    if decoding is not None:
+                        decode, buffer, offsets, source = decoding
+                if decoding is None:
                     sample = ranges.take(lo + k) if ranges.active else None
                     if sample is None:
                         sample = early(shard, index)
@@ -479,8 +488,7 @@ def iter_samples(
                         yielded += 1
                         yield sample
                         continue
-                    reader = open_reader(shard)
-                    decode, buffer, offsets, source = reader.decoding()
+                    decode, buffer, offsets, source = decoding = open_reader(shard).decoding()
                 yielded += 1
                 # reader[index], without a method call (index is in range: table.locate's).
                 yield decode(buffer, offsets[index], offsets[index + 1], source)
