@@ -365,6 +365,12 @@ def iter_samples(
     ranges_event = ranges.next_event
 
     def start(shard: int) -> None:
+        if local(shard):
+            # Nothing to fetch: mark it used now, as a fetch would (it is due soon, so it stays
+            # clear of eviction), and open it when it is reached, without a trip to the loop.
+            counters.add("cache_hits")
+            caches[int(table.shard_stream[shard])].touch(table.shards[shard])
+            return
         partial = None
         if _partial_ok(table, shard):
             partial = partials[shard] = _Partial()
@@ -427,10 +433,21 @@ def iter_samples(
         if pin is not None:
             pin.release()
 
+    def opened(shard: int, entry: tuple[ShardReader, ShardPin]) -> ShardReader:
+        readers[shard], pins[shard] = entry
+        decodings[shard] = entry[0].decoding()
+        return entry[0]
+
     def open_reader(shard: int) -> ShardReader:
         if len(pins) >= keep_open:
             # Belady: close the open shard needed furthest ahead.
             close(max(pins, key=lambda s: next_need.get(s, 1 << 62)))
+        if shard not in futures:
+            # Not fetched by this iteration: in the cache already, most likely.
+            entry = _open_cached(table, caches, shard, allow_unsafe_types)
+            if entry is not None:
+                counters.add("cache_hits")
+                return opened(shard, entry)
         for _ in range(3):
             future = futures.get(shard)
             if future is None:
@@ -441,9 +458,7 @@ def iter_samples(
                 partial.close()
             entry = _open_cached(table, caches, shard, allow_unsafe_types)
             if entry is not None:
-                readers[shard], pins[shard] = entry
-                decodings[shard] = entry[0].decoding()
-                return entry[0]
+                return opened(shard, entry)
             # Evicted after its download (a cache too small for what is open): fetch it again.
             futures[shard] = loop.submit(_tracked(fetcher.fetch_shard(shard), running))
         raise evicted_error(table, shard)

@@ -29,6 +29,7 @@ from astream import (
     StreamingDataLoader,
     StreamingDataset,
 )
+from astream.engine.fetch import Fetcher
 from astream.engine.table import local_only_cache
 from astream.plan import World
 from tests.engine.datasets import (
@@ -115,6 +116,28 @@ def test_iteration_yields_the_plan(remote: tuple[str, Path], shuffle: bool) -> N
     assert _ids(dataset) == second
     if shuffle:
         assert second != expected
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shards_in_the_cache_are_read_without_a_fetch(
+    remote: tuple[str, Path], shuffle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shard already local (read in place, or cached by an earlier epoch) opens on the
+    # consumer's thread: no trip to the IO loop per shard, which a shuffled epoch's first
+    # batch would otherwise make for every shard it touches.
+    url, local = remote
+    dataset = StreamingDataset(remote=url, local=local, shuffle=shuffle, batch_size=4)
+    first = _ids(dataset)  # fetches what is remote
+    assert sorted(first) == list(range(N))
+
+    async def no_fetch(self: Any, shard: int, **kwargs: Any) -> Path:
+        raise AssertionError(f"shard {shard} fetched, though it is in the cache")
+
+    monkeypatch.setattr(Fetcher, "fetch_shard", no_fetch)
+    hits = dataset.statistics().cache_hits
+    second = [int(i) for i in dataset.worker_sample_ids(World(), 1, 0) if i >= 0]
+    assert _ids(dataset) == second
+    assert dataset.statistics().cache_hits > hits  # still counted as cache hits
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
