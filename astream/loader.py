@@ -146,10 +146,10 @@ class _BatchRing:
         # process's start (a forked worker shares the object itself and never pickles it).
         return _ring_of_fd, (self.name, self.size, DupFd(self.fd))
 
-    def put(self, tensor: Tensor) -> int | None:
-        """Copy ``tensor``'s bytes into the ring (in the worker); where it starts, or ``None`` when
-        the ring has no room for it now (the caller sends it another way)."""
-        nbytes = tensor.numel() * tensor.element_size()
+    def put(self, storage: torch.UntypedStorage) -> int | None:
+        """Copy ``storage``'s bytes into the ring (in the worker); where they start, or ``None``
+        when the ring has no room for them now (the caller sends them another way)."""
+        nbytes = storage.nbytes()
         need = _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
         size = self.size
         if need > size // 4:
@@ -170,16 +170,16 @@ class _BatchRing:
             self._head = start + need
         address = self._base + start % size
         _BLOCK_HEAD.pack_into(self.map, _RING_HEAD + start % size, start, nbytes)
-        ctypes.memmove(address + _BLOCK_HEAD.size, tensor.data_ptr(), nbytes)
+        ctypes.memmove(address + _BLOCK_HEAD.size, storage.data_ptr(), nbytes)
         return start
 
-    def take(self, start: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
-        """The tensor the worker put at ``start`` (in the main process), copied out; frees its
-        bytes and those of every block before it."""
+    def take(self, start: int, nbytes: int) -> torch.UntypedStorage:
+        """The ``nbytes`` the worker put at ``start`` (in the main process), copied out into a
+        storage of this process; frees their room and that of every block before them."""
         offset = _RING_HEAD + start % self.size
-        begin, nbytes = _BLOCK_HEAD.unpack_from(self.map, offset)
-        out = torch.empty(shape, dtype=dtype)
-        if begin != start or nbytes != out.numel() * out.element_size():
+        begin, sent = _BLOCK_HEAD.unpack_from(self.map, offset)
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        if begin != start or sent != nbytes:
             raise RuntimeError(
                 f"StreamingDataLoader: a worker's batch tensor at {start} of ring {self.name} "
                 "was overwritten before the main process took it (an astream bug: please report it)"
@@ -188,7 +188,7 @@ class _BatchRing:
         end = start + _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
         if end > self._taken.value:
             self._taken.value = end
-        return out
+        return out.untyped_storage()
 
     def close(self) -> None:
         del self._taken, self._base
@@ -204,8 +204,9 @@ def _ring_of_fd(name: str, size: int, fd: Any) -> _BatchRing:
     return ring
 
 
-def _fits_ring(tensor: Tensor) -> bool:
-    """A plain dense CPU tensor that is its whole storage: copied out, it is the same tensor."""
+def _plain(tensor: Tensor) -> bool:
+    """A dense CPU tensor that is nothing but a storage, a dtype and a geometry (sizes, strides,
+    offset): rebuilt the same way on a copy of its storage, it is the same tensor."""
     return (
         type(tensor) is torch.Tensor
         and tensor.device.type == "cpu"
@@ -214,40 +215,73 @@ def _fits_ring(tensor: Tensor) -> bool:
         and not tensor.is_quantized
         and not tensor.is_conj()
         and not tensor.is_neg()
-        and tensor.is_contiguous()
-        and tensor.storage_offset() == 0
-        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
     )
 
 
-def _from_ring(name: str, start: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+class _RingBlock:
+    """A storage of a batch that a worker put in its ring. Pickled once per batch (the
+    pickler's memo refers to it again), so every tensor on that storage unpickles onto the one
+    copy the main process takes out, and they share memory there as they did in the worker."""
+
+    __slots__ = ("name", "nbytes", "start")
+
+    def __init__(self, name: str, start: int, nbytes: int) -> None:
+        self.name, self.start, self.nbytes = name, start, nbytes
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _from_ring, (self.name, self.start, self.nbytes)
+
+
+def _from_ring(name: str, start: int, nbytes: int) -> torch.UntypedStorage:
     ring = _RINGS.get(name)
     if ring is None:
         raise RuntimeError(
             f"StreamingDataLoader: a batch tensor came through ring {name}, which this process "
             "does not have (a batch of a DataLoader worker unpickled outside its main process)"
         )
-    return ring.take(start, dtype, shape)
+    return ring.take(start, nbytes)
+
+
+def _on_storage(
+    storage: torch.UntypedStorage,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    offset: int,
+) -> Tensor:
+    """A tensor sent through a ring: its geometry on the copy of its storage."""
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
 
 
 class _BatchPickler(ForkingPickler):
-    """Pickles a batch in a worker: tensors bigger than :data:`SMALL_TENSOR_BYTES` through the
-    worker's ring when they fit, everything else as the worker pickles it anyway."""
+    """Pickles a batch in a worker: the storages of plain tensors bigger than
+    :data:`SMALL_TENSOR_BYTES` through the worker's ring when they fit, each once, with every
+    plain tensor of the batch on them (views, reshapes: they share memory in the main process as
+    in the worker); everything else as the worker pickles it anyway."""
 
     def __init__(self, file: io.BytesIO, ring: _BatchRing) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.ring = ring
+        # By storage (address, bytes): its block, or None where it went the torch way (its
+        # other tensors follow it there, so that they too share it in the main process).
+        self.blocks: dict[tuple[int, int], _RingBlock | None] = {}
 
     def reducer_override(self, obj: Any) -> Any:
-        if (
-            isinstance(obj, torch.Tensor)
-            and obj.numel() * obj.element_size() > SMALL_TENSOR_BYTES
-            and _fits_ring(obj)
-        ):
-            start = self.ring.put(obj)
-            if start is not None:
-                return _from_ring, (self.ring.name, start, obj.dtype, tuple(obj.shape))
-        return NotImplemented
+        if not isinstance(obj, torch.Tensor) or not _plain(obj):
+            return NotImplemented
+        storage = obj.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key in self.blocks:
+            block = self.blocks[key]
+        elif obj.numel() * obj.element_size() <= SMALL_TENSOR_BYTES:
+            return NotImplemented
+        else:
+            start = self.ring.put(storage)
+            block = None if start is None else _RingBlock(self.ring.name, start, key[1])
+            self.blocks[key] = block
+        if block is None:
+            return NotImplemented
+        return _on_storage, (block, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
 
 
 def _unpickle_batch(data: bytes) -> Any:

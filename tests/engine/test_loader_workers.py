@@ -13,7 +13,7 @@ import torch
 
 from astream import StreamingDataLoader, StreamingDataset
 from astream.loader import SMALL_TENSOR_BYTES
-from tests.engine.datasets import check_sample, write_mds
+from tests.engine.datasets import check_sample, sample_bytes, write_mds
 
 N = 40
 #: Bytes a batch's samples and collate buffers take in the heap test (2,048 blocks of 4 KiB).
@@ -145,10 +145,11 @@ def _big_tensors_of(ids: list[int]) -> dict[str, Any]:
     grid = base.reshape(len(ids), -1)
     return {
         "ids": torch.tensor(ids),
-        "payload": grid.to(torch.uint8),  # contiguous, its whole storage: through the ring
+        "payload": grid.to(torch.uint8),  # contiguous, its whole storage
         "nested": [grid * 2, (grid + 1).to(torch.int32)],
-        "transposed": grid.t(),  # not contiguous: the torch way
-        "half_view": grid[: max(1, len(ids) // 2)],  # part of a bigger storage: the torch way
+        "transposed": grid.t(),  # not contiguous
+        "half_view": grid[: max(1, len(ids) // 2)],  # part of a bigger storage, the transposed's
+        "grad": (grid * 3).requires_grad_(),  # not plain: always the torch way
     }
 
 
@@ -160,6 +161,7 @@ def _check_big_batch(batch: dict[str, Any]) -> None:
     ]
     flat += [("transposed", batch["transposed"], expected["transposed"])]
     flat += [("half_view", batch["half_view"], expected["half_view"])]
+    flat += [("grad", batch["grad"], expected["grad"])]
     flat += [
         (f"nested{i}", got, want)
         for i, (got, want) in enumerate(zip(batch["nested"], expected["nested"], strict=True))
@@ -168,6 +170,13 @@ def _check_big_batch(batch: dict[str, Any]) -> None:
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert torch.equal(got, want), name
         assert got.stride() == want.stride(), name
+        assert got.storage_offset() == want.storage_offset(), name
+    # Views of one storage in the worker are views of one storage in the main process.
+    assert _same_memory(batch["transposed"], batch["half_view"])
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _refuse_fd_handoff(*args: Any, **kwargs: Any) -> Any:
@@ -183,7 +192,8 @@ def _ring_loader(
 
 def _ring_only(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch = _big_tensors(samples)
-    return {"ids": batch["ids"], "payload": batch["payload"], "nested": batch["nested"]}
+    del batch["grad"]
+    return batch
 
 
 @pytest.mark.parametrize(("workers", "context"), [(2, None), (1, "spawn")])
@@ -193,7 +203,8 @@ def test_big_tensors_come_through_the_ring_not_an_fd_handoff(
     # The ring carries big plain tensors: the main process never fetches a file descriptor
     # from a worker for them (the hand-off that waits on the worker's interpreter lock), with
     # forked workers (which share the ring) and spawned ones (which get its descriptor at
-    # start). Tensors the ring cannot reproduce exactly (not contiguous, a view of more) go the
+    # start), whatever their geometry (a view, transposed: their storage comes through the ring,
+    # once). Tensors that are more than a storage and a geometry (one that requires grad) go the
     # torch way, as before: the patch below would fail them, so they are left out here.
     import torch.multiprocessing.reductions as reductions
 
@@ -204,11 +215,10 @@ def test_big_tensors_come_through_the_ring_not_an_fd_handoff(
     batches = list(loader)
     assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
     for batch in batches:
-        expected = _big_tensors_of(batch["ids"].tolist())
-        assert torch.equal(batch["payload"], expected["payload"])
-        assert torch.equal(batch["nested"][1], expected["nested"][1])
+        batch["grad"] = _big_tensors_of(batch["ids"].tolist())["grad"]
+        _check_big_batch(batch)
         # Plain memory of the main process, writable, not shared with the worker any more.
-        assert not batch["payload"].is_shared()
+        assert not batch["payload"].is_shared() and not batch["transposed"].is_shared()
         batch["payload"] += 1
 
 
@@ -231,8 +241,8 @@ def test_a_full_ring_sends_the_torch_way(
     # shared memory, the others through the ring; every batch is still the collate's.
     import astream.loader as loader_module
 
-    # Room for the big tensors of about 2.7 of the 5 batches (1.6 MiB each; 1 MiB the biggest,
-    # which must be at most a quarter of the ring).
+    # Room for the ring's storages of about 1.7 of the 5 batches (2.6 MiB each; 1 MiB the
+    # biggest, which must be at most a quarter of the ring).
     monkeypatch.setattr(loader_module, "RING_BYTES", 9 << 19)
     loader = _ring_loader(dataset_dir, num_workers=1, prefetch_factor=N // 8)
     iterator = iter(loader)
@@ -244,7 +254,12 @@ def test_a_full_ring_sends_the_torch_way(
         _check_big_batch(batch)
     shared = [t.is_shared() for b in batches for t in (b["payload"], *b["nested"])]
     assert any(shared) and not all(shared), shared
-    assert all(b["transposed"].is_shared() for b in batches)  # never the ring's
+    assert all(b["grad"].is_shared() for b in batches)  # never the ring's
+
+
+def _taken(ring: Any, start: int | None, nbytes: int) -> torch.Tensor:
+    assert start is not None
+    return torch.empty(0, dtype=torch.uint8).set_(ring.take(start, nbytes))
 
 
 def test_the_ring_frees_in_order_wraps_and_refuses_what_does_not_fit() -> None:
@@ -254,21 +269,23 @@ def test_the_ring_frees_in_order_wraps_and_refuses_what_does_not_fit() -> None:
     size = 250 << 10  # with its 16-byte head, a block takes 256,016 bytes: 4 fit
     try:
         block = torch.arange(size, dtype=torch.int32).to(torch.uint8)
-        starts = [ring.put(block) for _ in range(5)]
+        starts = [ring.put(block.untyped_storage()) for _ in range(5)]
         assert starts == [0, 256016, 512032, 768048, None]  # the fifth: no room
-        assert ring.put(torch.zeros(300 << 10, dtype=torch.uint8)) is None  # > a quarter
-        assert torch.equal(ring.take(starts[0], torch.uint8, (size,)), block)
-        assert torch.equal(ring.take(starts[1], torch.uint8, (size,)), block)
+        assert (
+            ring.put(torch.zeros(300 << 10, dtype=torch.uint8).untyped_storage()) is None
+        )  # > a quarter
+        assert torch.equal(_taken(ring, starts[0], size), block)
+        assert torch.equal(_taken(ring, starts[1], size), block)
         # Two blocks' room is free again, but not in one piece at the end: it wraps.
-        wrapped = ring.put(block + 1)
+        wrapped = ring.put((block + 1).untyped_storage())
         assert wrapped == 1 << 20
         for start in starts[2:4]:
             assert start is not None
-            assert torch.equal(ring.take(start, torch.uint8, (size,)), block)
-        assert torch.equal(ring.take(wrapped, torch.uint8, (size,)), block + 1)
+            assert torch.equal(_taken(ring, start, size), block)
+        assert torch.equal(_taken(ring, wrapped, size), block + 1)
         # Everything taken: the next block starts the next lap at the ring's beginning, and
         # the lap's room is all there.
-        assert [ring.put(block) for _ in range(5)] == [
+        assert [ring.put(block.untyped_storage()) for _ in range(5)] == [
             2 << 20,
             *(2 * 2**20 + k * 256016 for k in (1, 2, 3)),
             None,
@@ -276,6 +293,46 @@ def test_the_ring_frees_in_order_wraps_and_refuses_what_does_not_fit() -> None:
         # A block overwritten before it was taken is refused, not handed on.
         ring.map[64] ^= 0xFF
         with pytest.raises(RuntimeError, match="overwritten"):
-            ring.take(2 << 20, torch.uint8, (size,))
+            ring.take(2 << 20, size)
     finally:
         ring.close()
+
+
+def _aliases(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    ids = torch.tensor([check_sample(s) for s in samples])
+    grid = ids.to(torch.float32).repeat_interleave(SMALL_TENSOR_BYTES // 4).reshape(len(ids), -1)
+    return {
+        "ids": ids,
+        "grid": grid,
+        "flat": grid.view(-1),  # the whole storage again: each once in the ring
+        "rows": grid[1:],
+        "columns": grid.t(),
+        "bytes": grid.view(torch.uint8),
+    }
+
+
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_tensors_on_one_storage_share_it_in_the_main_process(
+    dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, context: str | None
+) -> None:
+    # A collate may return views of one tensor (x and x.view(...)): torch's way rebuilds them on
+    # one storage, and so does the ring, which carries the storage once (the fd hand-off is
+    # refused: none of them goes the torch way).
+    import torch.multiprocessing.reductions as reductions
+
+    monkeypatch.setattr(reductions, "rebuild_storage_fd", _refuse_fd_handoff)
+    loader = _ring_loader(dataset_dir, _aliases, num_workers=1, multiprocessing_context=context)
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    for batch in batches:
+        ids = [{"id": i, "data": sample_bytes(i)} for i in batch["ids"].tolist()]
+        for name, want in _aliases(ids).items():
+            got = batch[name]
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert got.stride() == want.stride(), name
+            assert torch.equal(got, want), name
+        for name in ("flat", "rows", "columns", "bytes"):
+            assert _same_memory(batch["grid"], batch[name]), name
+        batch["grid"][1, 0] = -1  # one write, seen through every view, as in the worker
+        assert batch["flat"][SMALL_TENSOR_BYTES // 4] == -1
+        assert batch["rows"][0, 0] == -1 and batch["columns"][0, 1] == -1
