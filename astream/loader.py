@@ -262,15 +262,16 @@ class _BatchPickler(ForkingPickler):
     def __init__(self, file: io.BytesIO, ring: _BatchRing) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.ring = ring
-        # By storage (address, bytes): its block, or None where it went the torch way (its
-        # other tensors follow it there, so that they too share it in the main process).
+        # By storage (torch's object, which stays when torch's way moves its bytes to shared
+        # memory: the address changes), and its bytes: its block, or None where it went the
+        # torch way (its other tensors follow it there, so that they share it as before).
         self.blocks: dict[tuple[int, int], _RingBlock | None] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         if not isinstance(obj, torch.Tensor) or not _plain(obj):
             return NotImplemented
         storage = obj.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
+        key = (storage._cdata, storage.nbytes())
         if key in self.blocks:
             block = self.blocks[key]
         elif obj.numel() * obj.element_size() <= SMALL_TENSOR_BYTES:

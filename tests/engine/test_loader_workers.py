@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import resource
 import time
 from pathlib import Path
@@ -336,3 +338,31 @@ def test_tensors_on_one_storage_share_it_in_the_main_process(
         batch["grid"][1, 0] = -1  # one write, seen through every view, as in the worker
         assert batch["flat"][SMALL_TENSOR_BYTES // 4] == -1
         assert batch["rows"][0, 0] == -1 and batch["columns"][0, 1] == -1
+
+
+def test_a_storage_the_ring_refused_takes_all_its_tensors_the_torch_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A storage the ring has no room for goes the torch way, which moves it into shared memory
+    # (a new address): the batch's other tensors on it follow, not into the ring that has
+    # room again by then, so that they still share it in the main process.
+    from astream.loader import _BatchPickler, _BatchRing
+
+    ring = _BatchRing(8 << 20)
+    put, asked = ring.put, []
+
+    def no_room_at_first(storage: torch.UntypedStorage) -> int | None:
+        asked.append(storage.nbytes())
+        return None if len(asked) == 1 else put(storage)
+
+    monkeypatch.setattr(ring, "put", no_room_at_first)
+    grid = torch.arange(8 * SMALL_TENSOR_BYTES, dtype=torch.float32).reshape(8, -1)
+    buffer = io.BytesIO()
+    try:
+        _BatchPickler(buffer, ring).dump({"columns": grid.t(), "rows": grid[1:]})
+        batch = pickle.loads(buffer.getvalue())
+    finally:
+        ring.close()
+    assert asked == [grid.untyped_storage().nbytes()]
+    assert torch.equal(batch["columns"], grid.t()) and torch.equal(batch["rows"], grid[1:])
+    assert batch["rows"].is_shared() and _same_memory(batch["columns"], batch["rows"])
