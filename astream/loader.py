@@ -140,6 +140,9 @@ class _BatchRing:
         self._head = 0  # the worker's: where its next block starts (a count of bytes ever used)
         self._floor = 0  # the worker's: where its current lap on an empty ring started
         self._lock = threading.Lock()
+        # The mapping goes with the object (mmap's own); the descriptor with it too.
+        self._close_fd = weakref.finalize(self, os.close, self.fd)
+        self._close_fd.atexit = False
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # For a worker started by spawn or forkserver: the file descriptor travels with the
@@ -191,9 +194,11 @@ class _BatchRing:
         return out.untyped_storage()
 
     def close(self) -> None:
+        """Unmap the ring and close its file now (only where nothing can take from it any
+        more: otherwise the ring goes when the last reference to it does)."""
         del self._taken, self._base
         self.map.close()
-        os.close(self.fd)
+        self._close_fd()
 
 
 def _ring_of_fd(name: str, size: int, fd: Any) -> _BatchRing:
@@ -439,9 +444,11 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
             raise
         finally:
             self.worker_init_fn, self.collate_fn = user_init, user_collate
-        if rings:
-            # The rings live as long as the iterator (and its workers), persistent or not.
-            weakref.finalize(iterator, _close_rings, rings)
+        # The rings live as long as the iterator (its collate holds them), persistent or not,
+        # and as long as a batch is being taken from one: torch's pin-memory thread may still be
+        # unpickling one while a reference cycle's iterator is collected, whose weakref
+        # callbacks run before its __del__ stops that thread, and at exit. Unmapping a ring
+        # then would pull the memory from under the copy (a crash).
         return iterator
 
     def _restart_stale_workers(self, claim: tuple[int, int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
@@ -366,3 +367,25 @@ def test_a_storage_the_ring_refused_takes_all_its_tensors_the_torch_way(
     assert asked == [grid.untyped_storage().nbytes()]
     assert torch.equal(batch["columns"], grid.t()) and torch.equal(batch["rows"], grid[1:])
     assert batch["rows"].is_shared() and _same_memory(batch["columns"], batch["rows"])
+
+
+def test_a_ring_outlives_its_iterator_while_a_batch_is_taken_from_it(dataset_dir: Path) -> None:
+    # torch's pin-memory thread unpickles the workers' batches, so it may be copying out of a
+    # ring when the iterator goes: collected in a reference cycle (whose weakref callbacks run
+    # before the iterator's __del__ stops that thread) or at exit. A ring unmapped then would
+    # crash the process: it lasts as long as anything holds it. Here the test holds it, as that
+    # thread does while it takes, and unpickles a batch after the iterator went.
+    loader = _ring_loader(dataset_dir, _ring_only, num_workers=1, persistent_workers=True)
+    batches = iter(loader)
+    first = next(batches)
+    iterator = loader._iterator
+    ring = iterator._collate_fn.rings[0]
+    raw = iterator._worker_result_queue._reader.recv_bytes()  # the next batch, as sent
+    del batches
+    loader._iterator = iterator = None
+    gc.collect()
+    _index, second = pickle.loads(raw)
+    for batch in (first, second):
+        batch["grad"] = _big_tensors_of(batch["ids"].tolist())["grad"]
+        _check_big_batch(batch)
+    assert ring.name
