@@ -304,7 +304,12 @@ def shuffle_positions(
         raise PlanError(f"shuffle block size {block} is too small for {algo} (at least 2)")
     node_starts, build = _node_builder(algo, unit_sizes, canon, seed, epoch, block)
     node_of = np.searchsorted(node_starts, wanted_positions, side="right") - 1
-    wanted = set(np.unique(node_of).tolist())
+    # The canonical nodes holding a wanted position (a count per node: O(n), no sort).
+    wanted = set(np.flatnonzero(np.bincount(node_of, minlength=len(node_starts))).tolist())
+    if len(wanted) == 1:  # one node (one physical node, or a position range inside one)
+        ((c, ids),) = build(wanted)
+        out[valid] = ids[wanted_positions - node_starts[c]]
+        return out
     result = np.empty(len(wanted_positions), np.int64)
     for c, ids in build(wanted):
         mask = node_of == c
