@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import io
 import itertools
 import mmap
@@ -359,7 +360,10 @@ class _WorkerSetup:
 
 
 def _batch_len(batch: Any) -> int:
-    """Samples in a collated batch: a mapping's first value, a tensor, or a sequence's first item."""
+    """Samples in a collated batch: a mapping's or a dataclass's first value, a tensor, or a
+    sequence's first item."""
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        batch = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
     if isinstance(batch, Mapping):
         for value in batch.values():
             return len(value)
@@ -370,8 +374,15 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, Tensor):
         return len(batch)
     if isinstance(batch, list | tuple) and batch and not isinstance(batch[0], Mapping):
-        return len(batch[0])
-    return len(batch)
+        batch = batch[0]
+    try:
+        return len(batch)
+    except TypeError:
+        raise ConfigError(
+            f"StreamingDataLoader cannot count the samples of a batch of {type(batch).__name__}, "
+            "which has no len(): the collate_fn must return a mapping, a dataclass, a tensor or "
+            "a sequence whose first value has an entry per sample (state_dict counts them)"
+        ) from None
 
 
 class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]

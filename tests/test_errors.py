@@ -62,6 +62,8 @@ CASES: list[tuple[str, type[Exception], Callable[[Path], Any], str]] = [
     ("output format", ConfigError, lambda _: WriterOptions(format="xml"), "unknown format"),
     ("layout", ConfigError, lambda tmp: open_source(tmp.parent, "nope"), "unknown layout"),
     ("empty batch", ConfigError, lambda _: _batch_len({}), "collate_fn must return"),
+    ("uncountable batch", ConfigError, lambda _: _batch_len(object()), "has no len"),
+    ("uncountable first value", ConfigError, lambda _: _batch_len((3, 4)), "batch of int"),
 ]
 
 

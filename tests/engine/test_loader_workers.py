@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import os
@@ -389,3 +390,27 @@ def test_a_ring_outlives_its_iterator_while_a_batch_is_taken_from_it(dataset_dir
         batch["grad"] = _big_tensors_of(batch["ids"].tolist())["grad"]
         _check_big_batch(batch)
     assert ring.name
+
+
+@dataclasses.dataclass
+class _Batch:
+    ids: torch.Tensor
+    grid: torch.Tensor
+
+
+def _as_dataclass(samples: list[dict[str, Any]]) -> _Batch:
+    aliases = _aliases(samples)
+    return _Batch(aliases["ids"], aliases["grid"])
+
+
+def test_a_dataclass_batch_is_counted_by_its_first_field(dataset_dir: Path) -> None:
+    # state_dict counts the samples yielded: a dataclass batch by its first field, as a
+    # mapping by its first value (it raised a TypeError: no len()).
+    loader = _ring_loader(dataset_dir, _as_dataclass, num_workers=1)
+    iterator = iter(loader)
+    first = next(iterator)
+    assert isinstance(first, _Batch) and loader.num_samples_yielded == len(first.ids) == 8
+    rest = list(iterator)
+    assert sorted(i for b in [first, *rest] for i in b.ids.tolist()) == list(range(N))
+    assert all(torch.equal(b.grid[:, 0], b.ids.to(torch.float32)) for b in rest)
+    assert loader.num_samples_yielded == N
