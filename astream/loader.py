@@ -217,6 +217,7 @@ def _plain(tensor: Tensor) -> bool:
         type(tensor) is torch.Tensor
         and tensor.device.type == "cpu"
         and tensor.layout == torch.strided
+        and not tensor.is_nested  # strided too, but without sizes or strides
         and not tensor.requires_grad
         and not tensor.is_quantized
         and not tensor.is_conj()
