@@ -79,6 +79,7 @@ def _reduce_tensor(tensor: Tensor) -> tuple[Any, tuple[Any, ...]]:
     if (
         tensor.device.type == "cpu"
         and tensor.layout == torch.strided
+        and not tensor.is_nested  # strided too, but not to be flattened
         and not tensor.requires_grad
         and not tensor.is_quantized
         and not tensor.is_conj()

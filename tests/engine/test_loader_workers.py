@@ -420,13 +420,18 @@ def test_a_dataclass_batch_is_counted_by_its_first_field(dataset_dir: Path) -> N
 def _nested(samples: list[dict[str, Any]]) -> dict[str, Any]:
     ids = [check_sample(s) for s in samples]
     rows = [torch.full((SMALL_TENSOR_BYTES // 4 + i,), float(i)) for i in ids]
-    return {"ids": torch.tensor(ids), "rows": torch.nested.nested_tensor(rows)}
+    small = [torch.full((2 + i,), float(i)) for i in ids]
+    return {
+        "ids": torch.tensor(ids),
+        "rows": torch.nested.nested_tensor(rows),
+        "small": torch.nested.nested_tensor(small),  # not by value either
+    }
 
 
-def test_a_nested_tensor_goes_the_torch_way(dataset_dir: Path) -> None:
-    # A nested tensor has a storage but no sizes or strides: the ring cannot rebuild it, and
-    # trying to failed the batch's pickling in the worker's queue thread, so the batch never
-    # came (the timeout ends the wait here).
+def test_nested_tensors_go_the_torch_way(dataset_dir: Path) -> None:
+    # A nested tensor has a storage but no sizes or strides: neither the ring nor the small
+    # tensors' by-value way can rebuild it, and trying to failed the batch's pickling in the
+    # worker's queue thread, so the batch never came (the timeout ends the wait here).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nested tensors are a prototype: torch says so
         loader = _ring_loader(dataset_dir, _nested, num_workers=1, timeout=30)
@@ -435,3 +440,5 @@ def test_a_nested_tensor_goes_the_torch_way(dataset_dir: Path) -> None:
     for batch in batches:
         for i, row in zip(batch["ids"].tolist(), batch["rows"].unbind(), strict=True):
             assert torch.equal(row, torch.full((SMALL_TENSOR_BYTES // 4 + i,), float(i)))
+        for i, row in zip(batch["ids"].tolist(), batch["small"].unbind(), strict=True):
+            assert torch.equal(row, torch.full((2 + i,), float(i)))
