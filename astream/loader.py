@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import io
 import itertools
+import logging
 import mmap
 import os
 import pickle
@@ -32,6 +33,8 @@ from astream.dataset import StreamingDataset
 from astream.plan import detect_world
 
 __all__ = ["StreamingDataLoader"]
+
+_log = logging.getLogger(__name__)
 
 #: Freed heap a DataLoader worker keeps for its next batches instead of handing it back to the
 #: kernel (glibc's ``M_TOP_PAD``). Without it, a worker that frees its batch (the samples, the
@@ -307,8 +310,20 @@ class _RingBatch:
         self.ring = ring
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled in the worker's queue thread, where an error loses the batch: the main process
+        # would wait for it forever. So the ring never fails a batch that torch would send.
         buffer = io.BytesIO()
-        _BatchPickler(buffer, self.ring).dump(self.batch)
+        try:
+            _BatchPickler(buffer, self.ring).dump(self.batch)
+        except Exception as error:
+            data = ForkingPickler.dumps(self.batch)  # raises as before if the batch cannot go
+            # Logged, not warned: warnings made errors would lose the batch again.
+            _log.warning(
+                "StreamingDataLoader: a batch could not go through the worker's ring (%r); it "
+                "went the torch way (an astream bug: please report it)",
+                error,
+            )
+            return _unpickle_batch, (bytes(data),)
         return _unpickle_batch, (buffer.getvalue(),)
 
 

@@ -442,3 +442,23 @@ def test_nested_tensors_go_the_torch_way(dataset_dir: Path) -> None:
             assert torch.equal(row, torch.full((SMALL_TENSOR_BYTES // 4 + i,), float(i)))
         for i, row in zip(batch["ids"].tolist(), batch["small"].unbind(), strict=True):
             assert torch.equal(row, torch.full((2 + i,), float(i)))
+
+
+def _broken_put(self: Any, storage: torch.UntypedStorage) -> int | None:
+    raise RuntimeError("a ring that fails")
+
+
+def test_a_batch_the_ring_fails_goes_the_torch_way(
+    dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's queue thread pickles the batch, where an error loses it and the main process
+    # waits forever (the timeout ends the wait here): whatever goes wrong in the ring's way, the
+    # batch goes the torch way instead (logged in the worker).
+    import astream.loader as loader_module
+
+    monkeypatch.setattr(loader_module._BatchRing, "put", _broken_put)  # forked workers too
+    batches = list(_ring_loader(dataset_dir, num_workers=1, timeout=30))
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    for batch in batches:
+        _check_big_batch(batch)
+        assert batch["payload"].is_shared()
