@@ -288,7 +288,9 @@ class _BatchPickler(ForkingPickler):
         elif obj.numel() * obj.element_size() <= SMALL_TENSOR_BYTES:
             return NotImplemented
         else:
-            start = self.ring.put(storage)
+            # A storage already in shared memory (a dataset's shared tensor) goes the torch
+            # way: as it is, without a copy, and still shared in the main process.
+            start = None if storage.is_shared() else self.ring.put(storage)
             block = None if start is None else _RingBlock(self.ring.name, start, key[1])
             self.blocks[key] = block
         if block is None:

@@ -457,8 +457,29 @@ def test_a_batch_the_ring_fails_goes_the_torch_way(
     import astream.loader as loader_module
 
     monkeypatch.setattr(loader_module._BatchRing, "put", _broken_put)  # forked workers too
-    batches = list(_ring_loader(dataset_dir, num_workers=1, timeout=30))
+    loader = _ring_loader(dataset_dir, num_workers=1, timeout=30, multiprocessing_context="fork")
+    batches = list(loader)
     assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
     for batch in batches:
         _check_big_batch(batch)
         assert batch["payload"].is_shared()
+
+
+_SHARED: list[torch.Tensor] = []  # a tensor in shared memory, for forked workers
+
+
+def _shared_rows(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"ids": torch.tensor([check_sample(s) for s in samples]), "rows": _SHARED[0][1:]}
+
+
+def test_a_storage_in_shared_memory_stays_shared(dataset_dir: Path) -> None:
+    # A batch tensor on a storage already in shared memory (a dataset's preloaded tensor,
+    # here shared with the forked worker) comes the torch way: no copy, and the main process
+    # shares it with the worker and the dataset, as before the ring.
+    _SHARED[:] = [torch.zeros(4, SMALL_TENSOR_BYTES // 4 + 1).share_memory_()]
+    loader = _ring_loader(dataset_dir, _shared_rows, num_workers=1, multiprocessing_context="fork")
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    _SHARED.pop()[1, 0] = 7
+    for batch in batches:
+        assert batch["rows"].is_shared() and batch["rows"][0, 0] == 7
