@@ -77,16 +77,29 @@ def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) 
     return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
 
 
+def _conj(tensor: Tensor) -> Tensor:
+    return tensor.conj()
+
+
+def _neg_view(tensor: Tensor) -> Tensor:
+    return torch._neg_view(tensor)
+
+
 def _reduce_tensor(tensor: Tensor) -> tuple[Any, tuple[Any, ...]]:
     """How a worker pickles a tensor: by value when small and plain, else the torch way."""
+    # torch's way drops a lazy conjugate's or negative's bit (x.conj(), x.conj().imag): the
+    # values came back unconjugated, not negated. The view without the bit goes, the bit is
+    # set again on arrival (on the same storage as the batch's other views of it).
+    if tensor.is_conj():
+        return _conj, (tensor.conj(),)
+    if tensor.is_neg():
+        return _neg_view, (torch._neg_view(tensor),)
     if (
         tensor.device.type == "cpu"
         and tensor.layout == torch.strided
         and not tensor.is_nested  # strided too, but not to be flattened
         and not tensor.requires_grad
         and not tensor.is_quantized
-        and not tensor.is_conj()
-        and not tensor.is_neg()
         and tensor.numel() * tensor.element_size() <= SMALL_TENSOR_BYTES
     ):
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -483,3 +483,29 @@ def test_a_storage_in_shared_memory_stays_shared(dataset_dir: Path) -> None:
     _SHARED.pop()[1, 0] = 7
     for batch in batches:
         assert batch["rows"].is_shared() and batch["rows"][0, 0] == 7
+
+
+def _lazy_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    ids = torch.tensor([check_sample(s) for s in samples])
+    waves = (ids[:, None] + torch.arange(SMALL_TENSOR_BYTES // 8) * 1j).to(torch.complex64)
+    return {
+        "ids": ids,
+        "waves": waves,
+        "conj": waves.conj(),  # a lazy conjugate: a bit on a view of waves
+        "neg": waves.conj().imag,  # a lazy negative
+        "small": waves[:, :4].conj(),
+    }
+
+
+def test_lazy_conjugate_and_negative_views_keep_their_values(dataset_dir: Path) -> None:
+    # torch's way of sending a tensor drops the view's conjugate or negative bit: the values
+    # came unconjugated or not negated (torch's DataLoader does the same to them).
+    batches = list(_ring_loader(dataset_dir, _lazy_views, num_workers=1))
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    for batch in batches:
+        ids = [{"id": i, "data": sample_bytes(i)} for i in batch["ids"].tolist()]
+        for name, want in _lazy_views(ids).items():
+            got = batch[name]
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert torch.equal(got.resolve_conj().resolve_neg(), want.resolve_conj()), name
+        assert _same_memory(batch["waves"], batch["conj"])
