@@ -10,6 +10,7 @@ import pickle
 import resource
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,17 @@ def _aliases(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _beside_collated(
+    batch: dict[str, Any], collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Each tensor of a batch beside the collate's for the same samples (same dtype and shape)."""
+    samples = [{"id": i, "data": sample_bytes(i)} for i in batch["ids"].tolist()]
+    for name, want in collate(samples).items():
+        got = batch[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        yield name, got, want
+
+
 @pytest.mark.parametrize("context", [None, "spawn"])
 def test_tensors_on_one_storage_share_it_in_the_main_process(
     dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, context: str | None
@@ -330,10 +342,7 @@ def test_tensors_on_one_storage_share_it_in_the_main_process(
     batches = list(loader)
     assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
     for batch in batches:
-        ids = [{"id": i, "data": sample_bytes(i)} for i in batch["ids"].tolist()]
-        for name, want in _aliases(ids).items():
-            got = batch[name]
-            assert got.dtype == want.dtype and got.shape == want.shape, name
+        for name, got, want in _beside_collated(batch, _aliases):
             assert got.stride() == want.stride(), name
             assert torch.equal(got, want), name
         for name in ("flat", "rows", "columns", "bytes"):
@@ -503,9 +512,7 @@ def test_lazy_conjugate_and_negative_views_keep_their_values(dataset_dir: Path) 
     batches = list(_ring_loader(dataset_dir, _lazy_views, num_workers=1))
     assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
     for batch in batches:
-        ids = [{"id": i, "data": sample_bytes(i)} for i in batch["ids"].tolist()]
-        for name, want in _lazy_views(ids).items():
-            got = batch[name]
-            assert got.dtype == want.dtype and got.shape == want.shape, name
-            assert torch.equal(got.resolve_conj().resolve_neg(), want.resolve_conj()), name
+        for name, got, want in _beside_collated(batch, _lazy_views):
+            resolved = want.resolve_conj().resolve_neg()
+            assert torch.equal(got.resolve_conj().resolve_neg(), resolved), name
         assert _same_memory(batch["waves"], batch["conj"])
