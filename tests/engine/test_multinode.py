@@ -108,8 +108,8 @@ def test_two_nodes_match_one_node_and_download_once_per_node(
     # The same global batches whatever the split into nodes.
     assert _global_batches(two, 4) == _global_batches(one, 4)
 
-    # Each shard a node needs is downloaded once on that node, by whichever of its processes
-    # needed it first; the others wait for it and read it from the node's cache.
+    # Each shard a node needs is downloaded at most once on that node, by whichever of its
+    # processes needed it first; the others wait for it and read it from the node's cache.
     table = plan_view.table
     for node in range(2):
         ids = [
@@ -121,7 +121,14 @@ def test_two_nodes_match_one_node_and_download_once_per_node(
         needed = {table.locate_one(i)[0] for i in ids}
         stats = [json.loads(p.read_text()) for p in two.glob(f"stats-node{node}-*.json")]
         assert len(stats) == 4  # 2 ranks x 2 workers
-        assert sum(s["misses"] for s in stats) == len(needed)
-        assert sum(s["bytes"] for s in stats) == sum(table.shards[k].raw.bytes for k in needed)
         cached = {p.name for p in (tmp_path / "cache-two" / f"node{node}").glob("*.mds")}
-        assert cached == {table.shards[k].raw.basename for k in needed}
+        names = {table.shards[k].raw.basename: k for k in needed}
+        assert cached <= set(names)  # nothing the node did not need
+        # One download per shard in the node's cache, and no other: never twice on a node. A
+        # needed shard may be missing from it: a worker whose share of a shard came by range
+        # reads, or from the landed bytes of a download it started, stops that download when
+        # its epoch ends (the samples above were all read all the same).
+        assert sum(s["misses"] for s in stats) == len(cached)
+        assert sum(s["bytes"] for s in stats) == sum(
+            table.shards[names[name]].raw.bytes for name in cached
+        )
