@@ -240,8 +240,21 @@ def test_batches_through_the_ring_are_the_collates_batches(
             _check_big_batch(batch)
 
 
+_COLLATED: list[int] = []
+
+
+def _big_tensors_marking_the_last(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`_big_tensors`, creating the file ``$ASTREAM_TEST_LAST_BATCH`` after the worker's
+    last batch (``N // 8`` of them)."""
+    batch = _big_tensors(samples)
+    _COLLATED.append(len(samples))
+    if len(_COLLATED) == N // 8:
+        Path(os.environ["ASTREAM_TEST_LAST_BATCH"]).touch()
+    return batch
+
+
 def test_a_full_ring_sends_the_torch_way(
-    dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+    dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A ring too small for what is in flight: the tensors that do not fit go through torch's
     # shared memory, the others through the ring; every batch is still the collate's.
@@ -250,10 +263,20 @@ def test_a_full_ring_sends_the_torch_way(
     # Room for the ring's storages of about 1.7 of the 5 batches (2.6 MiB each; 1 MiB the
     # biggest, which must be at most a quarter of the ring).
     monkeypatch.setattr(loader_module, "RING_BYTES", 9 << 19)
-    loader = _ring_loader(dataset_dir, num_workers=1, prefetch_factor=N // 8)
+    marker = tmp_path / "last-batch-collated"
+    monkeypatch.setenv("ASTREAM_TEST_LAST_BATCH", str(marker))
+    loader = _ring_loader(
+        dataset_dir, _big_tensors_marking_the_last, num_workers=1, prefetch_factor=N // 8
+    )
     iterator = iter(loader)
     batches = [next(iterator)]
-    time.sleep(1)  # the worker sends all its other batches before the main process takes any
+    # The worker collates and sends all its other batches before the main process takes any:
+    # wait for its last collate, then for its queue thread to pickle that batch too.
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the worker did not collate its last batch within 60 s"
+    time.sleep(0.5)
     batches += list(iterator)
     assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
     for batch in batches:
