@@ -230,6 +230,17 @@ class Fetcher:
         """The cache that holds global shard ``shard``."""
         return self.caches[int(self.table.shard_stream[shard])]
 
+    def use_cached(self, shard: int) -> bool:
+        """Whether shard ``shard`` is in the cache now; if it is, count a cache hit and mark it
+        used (its place in the LRU order), as a fetch that finds it does. Any thread."""
+        info = self.table.shards[shard]
+        cache = self.cache_of(shard)
+        if not cache.is_ready(info):
+            return False
+        self.counters.add("cache_hits")
+        cache.touch(info)
+        return True
+
     async def fetch_shard(
         self,
         shard: int,
@@ -245,12 +256,8 @@ class Fetcher:
             fetcher wait (at most :data:`LEAD_WAIT` seconds) rather than share the link with
             it: the first sample then costs one small request, not a share of the whole window.
         """
-        info = self.table.shards[shard]
-        cache = self.cache_of(shard)
-        if cache.is_ready(info):
-            self.counters.add("cache_hits")
-            cache.touch(info)
-            return cache.raw_path(info)
+        if self.use_cached(shard):
+            return self.cache_of(shard).raw_path(self.table.shards[shard])
         held = self._held
         if held is not None and not held.is_set():
             # The consumer's first samples come by range reads (hold): they go first.

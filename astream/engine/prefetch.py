@@ -331,7 +331,7 @@ def iter_samples(
     next_need: dict[int, int] = {}
     # Whether open shards may ever have to be closed for others (Belady, on next_need): not
     # when this iteration reads no more shards than may stay open.
-    track_need = int(np.count_nonzero(np.bincount(shard_of))) > keep_open
+    track_need = len(plan.order) > keep_open
     ready: set[int] = set()
 
     def local(shard: int) -> bool:
@@ -365,11 +365,10 @@ def iter_samples(
     ranges_event = ranges.next_event
 
     def start(shard: int) -> None:
-        if local(shard):
-            # Nothing to fetch: mark it used now, as a fetch would (it is due soon, so it stays
-            # clear of eviction), and open it when it is reached, without a trip to the loop.
-            counters.add("cache_hits")
-            caches[int(table.shard_stream[shard])].touch(table.shards[shard])
+        if fetcher.use_cached(shard):
+            # Nothing to fetch: marked used now, as a fetch would (it is due soon, so it stays
+            # clear of eviction), and opened when it is reached, without a trip to the loop.
+            ready.add(shard)
             return
         partial = None
         if _partial_ok(table, shard):
