@@ -85,6 +85,17 @@ def _neg_view(tensor: Tensor) -> Tensor:
     return torch._neg_view(tensor)
 
 
+def _dense_cpu(tensor: Tensor) -> bool:
+    """A dense CPU tensor of plain values: its bytes, dtype and geometry are all it is."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.is_nested  # strided too, but without sizes or strides
+        and not tensor.requires_grad
+        and not tensor.is_quantized
+    )
+
+
 def _reduce_tensor(tensor: Tensor) -> tuple[Any, tuple[Any, ...]]:
     """How a worker pickles a tensor: by value when small and plain, else the torch way."""
     # torch's way drops a lazy conjugate's or negative's bit (x.conj(), x.conj().imag): the
@@ -94,14 +105,7 @@ def _reduce_tensor(tensor: Tensor) -> tuple[Any, tuple[Any, ...]]:
         return _conj, (tensor.conj(),)
     if tensor.is_neg():
         return _neg_view, (torch._neg_view(tensor),)
-    if (
-        tensor.device.type == "cpu"
-        and tensor.layout == torch.strided
-        and not tensor.is_nested  # strided too, but not to be flattened
-        and not tensor.requires_grad
-        and not tensor.is_quantized
-        and tensor.numel() * tensor.element_size() <= SMALL_TENSOR_BYTES
-    ):
+    if _dense_cpu(tensor) and tensor.numel() * tensor.element_size() <= SMALL_TENSOR_BYTES:
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         return _tensor_from_bytes, (data, tensor.dtype, tuple(tensor.shape))
     return reduce_tensor(tensor)  # type: ignore[no-untyped-call,no-any-return]
@@ -122,6 +126,11 @@ _RING_HEAD = 64  # the ring's first bytes: the main process's "taken up to" coun
 _BLOCK_HEAD = struct.Struct("<QQ")  # each block: its start and its size, checked on arrival
 _RINGS: weakref.WeakValueDictionary[str, _BatchRing] = weakref.WeakValueDictionary()
 _ring_names = itertools.count()
+
+
+def _block_bytes(nbytes: int) -> int:
+    """Room a block of ``nbytes`` takes in a ring: its head, its bytes to a 64-byte line."""
+    return _BLOCK_HEAD.size + -(-nbytes // 64) * 64
 
 
 class _BatchRing:
@@ -171,7 +180,7 @@ class _BatchRing:
         """Copy ``storage``'s bytes into the ring (in the worker); where they start, or ``None``
         when the ring has no room for them now (the caller sends them another way)."""
         nbytes = storage.nbytes()
-        need = _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
+        need = _block_bytes(nbytes)
         size = self.size
         if need > size // 4:
             return None
@@ -206,7 +215,7 @@ class _BatchRing:
                 "was overwritten before the main process took it (an astream bug: please report it)"
             )
         ctypes.memmove(out.data_ptr(), self._base + start % self.size + _BLOCK_HEAD.size, nbytes)
-        end = start + _BLOCK_HEAD.size + (-(-nbytes // 64) * 64)
+        end = start + _block_bytes(nbytes)
         if end > self._taken.value:
             self._taken.value = end
         return out.untyped_storage()
@@ -232,11 +241,7 @@ def _plain(tensor: Tensor) -> bool:
     offset): rebuilt the same way on a copy of its storage, it is the same tensor."""
     return (
         type(tensor) is torch.Tensor
-        and tensor.device.type == "cpu"
-        and tensor.layout == torch.strided
-        and not tensor.is_nested  # strided too, but without sizes or strides
-        and not tensor.requires_grad
-        and not tensor.is_quantized
+        and _dense_cpu(tensor)
         and not tensor.is_conj()
         and not tensor.is_neg()
     )
