@@ -20,6 +20,9 @@ Layout under ``root``::
                                     read it (a "pin")
     .astream/shards/<shard>.json    one per shard on disk: the files it consists of; its mtime
                                     is the shard's last use (LRU)
+    .astream/verified/<file>.<algo>.json
+                                    a local-only dataset's file read in place whose hash was
+                                    checked: its inode, size and mtime (check_in_place)
 
 Invariants:
 
@@ -175,6 +178,23 @@ def _replace_json(path: Path, value: object) -> None:
         _unlink(tmp)
 
 
+def _verify_file(shard: ShardInfo, info: FileInfo, path: Path, algo: str) -> None:
+    """Check file ``info`` of ``shard``, at ``path``, against the index's ``algo`` hash."""
+    expected = info.hashes.get(algo)
+    if expected is None:
+        known = ", ".join(sorted(info.hashes)) or "none"
+        raise FormatError(
+            f"shard {shard.raw.basename}: validate_hash={algo!r} but the index records "
+            f"no {algo} hash of {info.basename} (it has: {known})"
+        )
+    actual = hash_file(algo, path)
+    if actual != expected:
+        raise ShardCorruptError(
+            f"shard {shard.raw.basename}: {algo} of {info.basename} is {actual}, "
+            f"the index says {expected}"
+        )
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -312,6 +332,8 @@ class ShardCache:
         # inode, and the only lists one shard's stamp can hold (with or without its compressed
         # files) differ in size even if an inode number is reused; so each stamp is parsed once.
         self._stamp_files: dict[tuple[str, int, int], list[Path]] = {}
+        # Files read in place whose hash check_in_place has seen pass: record name -> key.
+        self._verified: dict[str, list[int]] = {}
 
     # -- paths and readiness -----------------------------------------------------------------
 
@@ -587,21 +609,42 @@ class ShardCache:
 
     @staticmethod
     async def _check_hash(shard: ShardInfo, info: FileInfo, path: Path, algo: str | None) -> None:
-        if algo is None:
+        if algo is not None:
+            await anyio.to_thread.run_sync(_verify_file, shard, info, path, algo)
+
+    def check_in_place(self, shard: ShardInfo, algo: str | None) -> None:
+        """Check the raw files of ``shard`` that are read in place from :attr:`origin` (a
+        local-only dataset's own folder) against the index's ``algo`` hashes.
+
+        Files this cache downloaded or decompressed were checked on their way in (by
+        :meth:`fetch`); files read in place never pass through it, so they are checked here,
+        once per node while they stay the same: a record under ``.astream/verified/`` holds each
+        checked file's inode, size and mtime, and a file that changed is checked again. Blocks
+        while it hashes: call it from the consumer's thread, before the shard is read.
+
+        :param algo: the stream's ``validate_hash``; ``None`` checks nothing.
+        :raises ShardCorruptError: a file's hash is not the index's.
+        :raises FormatError: the index records no ``algo`` hash of a file.
+        """
+        if algo is None or self.origin is None or self.directory_of(shard) != self.origin:
             return
-        expected = info.hashes.get(algo)
-        if expected is None:
-            known = ", ".join(sorted(info.hashes)) or "none"
-            raise FormatError(
-                f"shard {shard.raw.basename}: validate_hash={algo!r} but the index records "
-                f"no {algo} hash of {info.basename} (it has: {known})"
-            )
-        actual = await anyio.to_thread.run_sync(hash_file, algo, path)
-        if actual != expected:
-            raise ShardCorruptError(
-                f"shard {shard.raw.basename}: {algo} of {info.basename} is {actual}, "
-                f"the index says {expected}"
-            )
+        for raw, _ in _file_pairs(shard):
+            path = self.origin / raw.basename
+            stat = os.stat(path)
+            key = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+            name = f"{urllib.parse.quote(raw.basename, safe='')}.{algo}.json"
+            if self._verified.get(name) == key:
+                continue
+            record = self._meta / "verified" / name
+            try:
+                known = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                known = None
+            if known != key:
+                _verify_file(shard, raw, path, algo)
+                record.parent.mkdir(parents=True, exist_ok=True)
+                _replace_json(record, key)
+            self._verified[name] = key
 
     # -- reading: pins -------------------------------------------------------------------------
 
@@ -980,6 +1023,7 @@ class ShardCache:
         del state["_counts_lock"]
         state["_counts"] = {}
         state["_stamp_files"] = {}
+        state["_verified"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
