@@ -331,8 +331,9 @@ class StreamingDataset(_Base):  # type: ignore[type-arg]
         ``(download_retry + 1) * download_timeout`` seconds plus short backoffs
         (docs/storage.md, "The time budget").
     :param validate_hash: hash algorithm to check shard files against the index: each
-        downloaded file before it is used, and a local-only dataset's files (read in place)
-        once per node when first read, and again if they change.
+        downloaded file before it is used, and any other file a sample is read from (a
+        local-only dataset's, or one cached without the check) once per node when first
+        opened, and again if it changes.
     :param keep_zip: keep compressed shard files after decompressing them.
     :param epoch_size: samples per epoch (int or ``"100k"``), with proportion or no weights.
     :param predownload: samples ahead of the consumer whose shards are fetched.

@@ -55,7 +55,7 @@ class Stream:
     :param download_timeout: seconds of silence before one try of a request is abandoned (the
         per-try deadline and total budget: docs/storage.md, "The time budget").
     :param validate_hash: hash algorithm to check each downloaded file against the index (and
-        each file of a local-only stream, read in place, once per node when first read).
+        any other file a sample is read from, once per node when first opened).
     :param keep_zip: keep compressed shard files after decompressing them.
     """
 

@@ -21,8 +21,8 @@ Layout under ``root``::
     .astream/shards/<shard>.json    one per shard on disk: the files it consists of; its mtime
                                     is the shard's last use (LRU)
     .astream/verified/<file>.<algo>.json
-                                    a local-only dataset's file read in place whose hash was
-                                    checked: its inode, size and mtime (check_in_place)
+                                    a raw file whose hash matched the index: its inode, size and
+                                    mtime when checked (check_hash)
 
 Invariants:
 
@@ -195,6 +195,17 @@ def _verify_file(shard: ShardInfo, info: FileInfo, path: Path, algo: str) -> Non
         )
 
 
+def _file_key(path: Path) -> list[int]:
+    """What tells a file changed since it was hashed: its inode, size and mtime (ns)."""
+    stat = os.stat(path)
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _verified_name(raw: FileInfo, algo: str) -> str:
+    """The name of the record that raw file ``raw`` matched its ``algo`` hash."""
+    return f"{urllib.parse.quote(raw.basename, safe='')}.{algo}.json"
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -332,7 +343,7 @@ class ShardCache:
         # inode, and the only lists one shard's stamp can hold (with or without its compressed
         # files) differ in size even if an inode number is reused; so each stamp is parsed once.
         self._stamp_files: dict[tuple[str, int, int], list[Path]] = {}
-        # Files read in place whose hash check_in_place has seen pass: record name -> key.
+        # Files whose hash check_hash has seen match: record name -> _file_key.
         self._verified: dict[str, list[int]] = {}
 
     # -- paths and readiness -----------------------------------------------------------------
@@ -551,6 +562,8 @@ class ShardCache:
                 await self._download(store, shard, raw, tmp, on_progress)
                 await self._check_hash(shard, raw, tmp, validate_hash)
                 os.replace(tmp, dest)
+                if validate_hash is not None:
+                    self._record_verified(raw, validate_hash, dest)
                 return
             zip_dest = self.root / zip_info.basename
             in_origin = None if self.origin is None else self.origin / zip_info.basename
@@ -585,6 +598,9 @@ class ShardCache:
                 else:
                     _unlink(src)
             os.replace(raw_tmp, dest)
+            if validate_hash is not None:
+                # Decompressed from a checked file: as good as checked itself.
+                self._record_verified(raw, validate_hash, dest)
         finally:
             # After a success each temp was renamed or deleted and this finds nothing.
             for tmp in temps:
@@ -612,39 +628,47 @@ class ShardCache:
         if algo is not None:
             await anyio.to_thread.run_sync(_verify_file, shard, info, path, algo)
 
-    def check_in_place(self, shard: ShardInfo, algo: str | None) -> None:
-        """Check the raw files of ``shard`` that are read in place from :attr:`origin` (a
-        local-only dataset's own folder) against the index's ``algo`` hashes.
+    def check_hash(self, shard: ShardInfo, algo: str | None) -> None:
+        """Make sure the raw files ``shard`` is read from match the index's ``algo`` hashes,
+        before any of its samples is served.
 
-        Files this cache downloaded or decompressed were checked on their way in (by
-        :meth:`fetch`); files read in place never pass through it, so they are checked here,
-        once per node while they stay the same: a record under ``.astream/verified/`` holds each
-        checked file's inode, size and mtime, and a file that changed is checked again. Blocks
-        while it hashes: call it from the consumer's thread, before the shard is read.
+        A file this cache downloaded with ``algo`` (or decompressed from a file so checked) was
+        checked on its way in, by :meth:`fetch`, which recorded it. Any other file is hashed
+        here: one read in place from :attr:`origin`, or one a run without ``validate_hash`` left
+        in the cache. A record under ``.astream/verified/`` holds each checked file's inode,
+        size and mtime, so a file is hashed once per node while it stays the same, and again
+        once it changes. Blocks while it hashes: call it from the consumer's thread.
 
         :param algo: the stream's ``validate_hash``; ``None`` checks nothing.
         :raises ShardCorruptError: a file's hash is not the index's.
         :raises FormatError: the index records no ``algo`` hash of a file.
+        :raises FileNotFoundError: a file went away (evicted) since :meth:`is_ready`.
         """
-        if algo is None or self.origin is None or self.directory_of(shard) != self.origin:
+        if algo is None:
             return
+        folder = self.directory_of(shard)
         for raw, _ in _file_pairs(shard):
-            path = self.origin / raw.basename
-            stat = os.stat(path)
-            key = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
-            name = f"{urllib.parse.quote(raw.basename, safe='')}.{algo}.json"
+            path = folder / raw.basename
+            key = _file_key(path)
+            name = _verified_name(raw, algo)
             if self._verified.get(name) == key:
                 continue
-            record = self._meta / "verified" / name
             try:
-                known = json.loads(record.read_text(encoding="utf-8"))
+                known = json.loads((self._meta / "verified" / name).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 known = None
             if known != key:
                 _verify_file(shard, raw, path, algo)
-                record.parent.mkdir(parents=True, exist_ok=True)
-                _replace_json(record, key)
+                self._record_verified(raw, algo, path)
             self._verified[name] = key
+
+    def _record_verified(self, raw: FileInfo, algo: str, path: Path) -> None:
+        """Record that the file at ``path`` (raw file ``raw``) matches its ``algo`` hash. Best
+        effort: without the record (a full disk), the next reader only hashes it again."""
+        with contextlib.suppress(OSError):
+            record = self._meta / "verified" / _verified_name(raw, algo)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            _replace_json(record, _file_key(path))
 
     # -- reading: pins -------------------------------------------------------------------------
 

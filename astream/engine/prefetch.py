@@ -166,7 +166,7 @@ def _open_cached(
             pin.release()
             return None
         try:
-            cache.check_in_place(info, table.sources[int(table.shard_stream[shard])].validate_hash)
+            cache.check_hash(info, table.sources[int(table.shard_stream[shard])].validate_hash)
             reader = open_shard(
                 info, cache.directory_of(info), allow_unsafe_types=allow_unsafe_types
             )

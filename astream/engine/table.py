@@ -44,8 +44,9 @@ class StreamSource:
     :param remote: URL (or path) of the stream's dataset, ``None`` when ``local`` is the dataset.
     :param local: the node-local cache directory; when ``remote`` is None, the dataset itself,
         read in place (see :attr:`cache_dir`).
-    :param validate_hash: hash algorithm checked on every downloaded file and on every file
-        read in place (:meth:`~astream.engine.cache.ShardCache.check_in_place`), or ``None``.
+    :param validate_hash: hash algorithm every file a sample is read from must match (checked
+        on download, else when first opened: :meth:`~astream.engine.cache.ShardCache.check_hash`),
+        or ``None``.
     :param keep_zip: keep compressed files next to the decompressed ones.
     :param retry: the store's retry and timeout settings.
     :param transfer: the store's part size and per-object concurrency.

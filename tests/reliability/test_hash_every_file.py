@@ -1,10 +1,11 @@
-"""``validate_hash`` on a local-only dataset: the shards read in place are checked too.
+"""``validate_hash`` checks every file a sample is read from, not only those it downloads.
 
-A local-only dataset (``local=`` without ``remote=``) is read where it lies: nothing downloads
-it, so the check made on the way into the cache never sees its files. One byte flipped inside
-one sample of one shard must still never reach the consumer, on any path (sync, shuffled or
-not, ``async for``, DataLoader workers, ``dataset[i]``); each file is hashed once per node while
-it stays the same, and again once it changes.
+A local-only dataset (``local=`` without ``remote=``) is read where it lies, and a cache may hold
+shards that a run without ``validate_hash`` downloaded: the check made on the way into the cache
+never saw those files. One byte flipped inside one sample of one shard must still never reach
+the consumer, on any path (sync, shuffled or not, ``async for``, DataLoader workers,
+``dataset[i]``); each file is hashed once per node while it stays the same (a download with the
+check counts), and again once it changes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import anyio
 import pytest
 from torch.utils.data import DataLoader
 
+import astream.engine.cache as cache_module
 from astream import FormatError, ShardCorruptError, StreamingDataset
 from astream.engine.table import local_only_cache
 from astream.format import load_index
@@ -101,12 +103,9 @@ def test_a_file_is_checked_once_and_again_when_it_changes(tmp_path: Path) -> Non
     assert sorted(p.name for p in records.iterdir()) == [
         f"shard.{k:05d}.mds.sha1.json" for k in range(3)
     ]
-    # Tampered after its check, with its size and (coarse) mtime kept as they were: the inode,
-    # size and mtime in ns of the record still tell it changed.
-    path = root / "shard.00002.mds"
-    before = os.stat(path)
+    # Tampered after its check, with its size kept: its mtime tells it changed.
     _flip(root, 2)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    _bump(root / "shard.00002.mds")
     for fresh in (dataset, StreamingDataset(local=str(root), validate_hash="sha1")):
         got: list[int] = []
         with pytest.raises(ShardCorruptError, match=r"shard\.00002\.mds"):
@@ -122,3 +121,52 @@ def test_a_hash_the_index_lacks_is_a_format_error(tmp_path: Path) -> None:
         next(iter(dataset))
     # Without validate_hash nothing is checked, as before.
     assert check_sample(next(iter(StreamingDataset(local=str(root)))), payload=PAYLOAD) == 0
+
+
+def _bump(path: Path) -> None:
+    """Move the file's mtime by 1 ns: a change a coarse clock could have hidden."""
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+
+
+def test_shards_cached_without_the_check_are_checked_when_read_with_it(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src")
+    cache = tmp_path / "cache"
+    assert len(list(StreamingDataset(remote=str(src), local=str(cache)))) == N
+    _flip(cache, 1, sample=3)  # bit rot, or a hand, in the cache since that run
+    _bump(cache / "shard.00001.mds")
+    dataset = StreamingDataset(remote=str(src), local=str(cache), validate_hash="sha1")
+    got: list[int] = []
+    with pytest.raises(ShardCorruptError, match=r"sha1 of shard\.00001\.mds is"):
+        for sample in dataset:
+            got.append(check_sample(sample, payload=PAYLOAD))  # noqa: PERF401 - kept on error
+    assert got == list(_shard_ids(src, 0))
+    with pytest.raises(ShardCorruptError, match=r"shard\.00001\.mds"):
+        dataset[_shard_ids(src, 1).start]
+
+
+def test_a_checked_download_is_not_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _write(tmp_path / "src")
+    cache = tmp_path / "cache"
+    hashed: list[Path] = []
+    real = cache_module.hash_file
+
+    def counting(algo: str, path: Path) -> str:
+        hashed.append(Path(path))
+        return real(algo, path)
+
+    monkeypatch.setattr(cache_module, "hash_file", counting)
+    for _ in range(2):  # the second dataset (new caches, nothing remembered in memory) reads
+        dataset = StreamingDataset(remote=str(src), local=str(cache), validate_hash="sha1")
+        assert sorted(check_sample(s, payload=PAYLOAD) for s in dataset) == list(range(N))
+    assert len(hashed) == 3  # each shard once, on its download
+    # Changed in the cache since: checked again, and refused.
+    _flip(cache, 2)
+    _bump(cache / "shard.00002.mds")
+    dataset = StreamingDataset(remote=str(src), local=str(cache), validate_hash="sha1")
+    with pytest.raises(ShardCorruptError, match=r"shard\.00002\.mds"):
+        for sample in dataset:
+            check_sample(sample, payload=PAYLOAD)
+    assert hashed[3:] == [cache / "shard.00002.mds"]
