@@ -96,9 +96,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on astream/."""
+    """mypy --strict on astream/ (with Ray installed: astream.integrations.ray subclasses its
+    Datasink and Datasource)."""
     session.install(TORCH)
-    session.install("-e", ".[test]", "mypy>=1.10")
+    session.install("-e", ".[test,spark,ray]", "mypy>=1.10")
     session.run("mypy")
 
 
