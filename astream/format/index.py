@@ -114,6 +114,8 @@ INCOMPLETE_KEY = "astream_incomplete"
 MAX_BASENAME_CHARS = 200
 # Temporary names: the cache's (".name.astream-tmp-PID-TOKEN") and write_atomic's (".name.PID.tmp").
 _TEMP_NAME = re.compile(r"\..*(\.astream-tmp-|\.\d+\.tmp$)")
+# Path components of safe characters that do not start with a dot: see _plain_basename.
+_PLAIN_BASENAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
 
 
 def check_basename(basename: str, where: str) -> None:
@@ -127,37 +129,56 @@ def check_basename(basename: str, where: str) -> None:
         component, a backslash, a drive letter, a NUL, a path into ``.astream/``, a temporary
         file's name, ``index.json``, or more than :data:`MAX_BASENAME_CHARS` characters.
     """
-    problem = None
-    if not basename:
-        problem = "is empty"
-    elif basename.startswith("/"):
-        problem = "is an absolute path"
-    elif "\\" in basename:
-        problem = "contains a backslash"
-    elif "\0" in basename:
-        problem = "contains a NUL byte"
-    elif len(basename) >= 2 and basename[1] == ":":
-        problem = "starts with a drive letter"
-    else:
-        parts = basename.split("/")
-        if ".." in parts:
-            problem = "contains '..'"
-        elif "." in parts or "" in parts:
-            problem = "contains an empty or '.' component"
-        elif any(part.lower() == META_DIR for part in parts):
-            problem = f"enters {META_DIR}/, astream's own folder in a cache"
-        elif any(_TEMP_NAME.match(part) for part in parts):
-            problem = "is a temporary file's name"
-        elif basename == INDEX_BASENAME:
-            problem = "is the index's own name"
-        elif len(urllib.parse.quote(basename, safe="")) > MAX_BASENAME_CHARS:
-            # A cache names a shard's lock and LRU stamp after the whole (quoted) basename,
-            # and its temporary files add about 30 characters: each must stay a valid name.
-            problem = f"is too long (more than {MAX_BASENAME_CHARS} characters once quoted)"
+    if _plain_basename(basename):
+        return
+    problem = _basename_problem(basename)
     if problem is not None:
         raise IndexFormatError(
             f"{where}: basename {basename!r} {problem}; it must stay inside the dataset"
         )
+
+
+def _plain_basename(basename: str) -> bool:
+    """Whether ``basename`` passes every check at a glance (the names writers give): path
+    components of safe characters that do not start with a dot (so no ``.``, ``..``,
+    ``.astream`` nor temporary name), not the index, and short enough once quoted (quoting
+    leaves these characters alone and turns each ``/`` into three). ``False`` only means that
+    the full check (:func:`_basename_problem`) decides."""
+    return (
+        len(basename) + 2 * basename.count("/") <= MAX_BASENAME_CHARS
+        and _PLAIN_BASENAME.fullmatch(basename) is not None
+        and basename != INDEX_BASENAME
+    )
+
+
+def _basename_problem(basename: str) -> str | None:
+    """What is wrong with ``basename`` (see :func:`check_basename`), or ``None``."""
+    if not basename:
+        return "is empty"
+    if basename.startswith("/"):
+        return "is an absolute path"
+    if "\\" in basename:
+        return "contains a backslash"
+    if "\0" in basename:
+        return "contains a NUL byte"
+    if len(basename) >= 2 and basename[1] == ":":
+        return "starts with a drive letter"
+    parts = basename.split("/")
+    if ".." in parts:
+        return "contains '..'"
+    if "." in parts or "" in parts:
+        return "contains an empty or '.' component"
+    if any(part.lower() == META_DIR for part in parts):
+        return f"enters {META_DIR}/, astream's own folder in a cache"
+    if any(_TEMP_NAME.match(part) for part in parts):
+        return "is a temporary file's name"
+    if basename == INDEX_BASENAME:
+        return "is the index's own name"
+    if len(urllib.parse.quote(basename, safe="")) > MAX_BASENAME_CHARS:
+        # A cache names a shard's lock and LRU stamp after the whole (quoted) basename, and
+        # its temporary files add about 30 characters: each must stay a valid name.
+        return f"is too long (more than {MAX_BASENAME_CHARS} characters once quoted)"
+    return None
 
 
 class _IndexFields:
@@ -170,12 +191,18 @@ class _IndexFields:
     def fail(self, path: str, problem: str) -> IndexFormatError:
         return IndexFormatError(f"{self.source}: {path}: {problem}")
 
+    # The field paths of errors are only formatted once a check fails: an index of thousands
+    # of shards is checked field by field, and that is most of the time it takes to load.
+
     def get(
         self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]
     ) -> Any:
         if key not in obj:
             raise self.fail(f"{path}.{key}" if path else key, "missing")
-        return self.check(obj[key], f"{path}.{key}" if path else key, kind)
+        value = obj[key]
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        return self.check(value, f"{path}.{key}" if path else key, kind)
 
     def check(self, value: Any, path: str, kind: type | tuple[type, ...]) -> Any:
         # bool is an int subclass; a size or count of `true` is a malformed index.
@@ -194,18 +221,21 @@ class _IndexFields:
 
     def strings(self, obj: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
         items = self.get(obj, key, path, list)
+        if all(type(item) is str for item in items):
+            return tuple(items)
         return tuple(self.check(item, f"{path}.{key}[{i}]", str) for i, item in enumerate(items))
 
     def file_info(
         self, obj: Mapping[str, Any], key: str, path: str, optional: bool
     ) -> FileInfo | None:
-        where = f"{path}.{key}"
         value = obj.get(key)
         if value is None:
             if optional:
                 return None
-            raise self.fail(where, "missing")
-        self.check(value, where, dict)
+            raise self.fail(f"{path}.{key}", "missing")
+        where = f"{path}.{key}"
+        if type(value) is not dict:
+            self.check(value, where, dict)
         basename: str = self.get(value, "basename", where, str)
         check_basename(basename, f"{self.source}: {where}.basename")
         size = self.count(value, "bytes", where)
@@ -213,7 +243,8 @@ class _IndexFields:
             raise self.fail(f"{where}.bytes", f"{size} is larger than any file can be")
         hashes = self.get(value, "hashes", where, dict) if "hashes" in value else {}
         for algo, digest in hashes.items():
-            self.check(digest, f"{where}.hashes.{algo}", str)
+            if type(digest) is not str:
+                self.check(digest, f"{where}.hashes.{algo}", str)
         return FileInfo(basename, size, dict(hashes))
 
 
@@ -243,7 +274,8 @@ def _check_room(fields: _IndexFields, path: str, samples: int, info: FileInfo, k
 
 
 def _shard(fields: _IndexFields, obj: Any, path: str) -> ShardInfo:
-    fields.check(obj, path, dict)
+    if type(obj) is not dict:
+        fields.check(obj, path, dict)
     fmt: str = fields.get(obj, "format", path, str)
     if fmt not in SHARD_FORMATS:
         raise fields.fail(f"{path}.format", f"unknown shard format {fmt!r}")
@@ -285,10 +317,13 @@ def _shard(fields: _IndexFields, obj: Any, path: str) -> ShardInfo:
         names = fields.strings(obj, "column_names", path)
         encodings = fields.strings(obj, "column_encodings", path)
         sizes_raw = fields.get(obj, "column_sizes", path, list)
-        sizes = tuple(
-            None if size is None else fields.check(size, f"{path}.column_sizes[{i}]", int)
-            for i, size in enumerate(sizes_raw)
-        )
+        if all(size is None or type(size) is int for size in sizes_raw):
+            sizes = tuple(sizes_raw)
+        else:
+            sizes = tuple(
+                None if size is None else fields.check(size, f"{path}.column_sizes[{i}]", int)
+                for i, size in enumerate(sizes_raw)
+            )
         if any(size is not None and size < 0 for size in sizes):
             raise fields.fail(f"{path}.column_sizes", "cannot hold negative sizes")
         if not len(names) == len(encodings) == len(sizes):

@@ -14,13 +14,15 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reliability_data import full_cache, shard_bytes, write_dataset
 
 from astream import StreamingDataset
 from astream.engine._locks import FileLock
 from astream.engine.cache import ShardCache
 from astream.errors import CacheError, CacheLimitError, IndexFormatError
-from astream.format.index import check_basename, load_index
+from astream.format.index import _basename_problem, _plain_basename, check_basename, load_index
 
 
 def _hostile_copy(remote: Path, basename: str, content: bytes) -> None:
@@ -64,6 +66,21 @@ def test_basename_into_the_cache_bookkeeping_is_refused(tmp_path: Path) -> None:
 def test_check_basename_refuses_astream_names(basename: str, problem: str) -> None:
     with pytest.raises(IndexFormatError, match=problem):
         check_basename(basename, "where")
+
+
+_COMPONENTS = st.lists(st.text(alphabet="ab-", min_size=1, max_size=4), min_size=1, max_size=90)
+
+
+@given(
+    st.text(alphabet="ab.-_/\\:%\x00Ié ", max_size=80)
+    | _COMPONENTS.map("/".join)
+    | st.sampled_from(["index.json", "INDEX.json", "a/index.json", ".astream", "x/.Astream/y"])
+)
+@settings(max_examples=2000, deadline=None)
+def test_the_quick_basename_check_accepts_only_what_the_full_one_accepts(basename: str) -> None:
+    # check_basename skips the full check for names that look plain: never one it refuses.
+    if _plain_basename(basename):
+        assert _basename_problem(basename) is None
 
 
 def test_a_shard_file_used_as_a_folder_is_refused(tmp_path: Path) -> None:
