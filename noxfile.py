@@ -1,5 +1,5 @@
-"""Developer and CI sessions: ``nox -s tests lint typecheck interop docs`` (CI), ``demo``,
-``bench``, ``soak``.
+"""Developer and CI sessions: ``nox -s tests engines lint typecheck interop docs`` (CI),
+``demo``, ``bench``, ``soak``.
 
 Every session that could pull torch installs ``torch==2.13.0`` first: that exact version is a CPU
 wheel on the build machines' disk, while any open range would download a multi-GB CUDA build.
@@ -48,7 +48,21 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[test]")
     _install_node_servers(session)
-    session.run("pytest", "-m", "not interop", *session.posargs)
+    session.run("pytest", "-m", "not interop and not engines", "--durations=15", *session.posargs)
+
+
+#: The tests that write on Spark or Ray (marker ``engines``).
+ENGINE_TESTS = ["tests/integrations/test_spark.py", "tests/integrations/test_ray.py"]
+
+
+@nox.session(python=PYTHON)
+def engines(session: nox.Session) -> None:
+    """The Spark and Ray writer tests and examples (pyspark needs Java): heavy installs, minutes."""
+    session.install(TORCH)
+    session.install("-e", ".[test,spark,ray]")
+    session.run(
+        "pytest", "-m", "engines", *ENGINE_TESTS, "tests/test_examples.py", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)
@@ -82,9 +96,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on astream/."""
+    """mypy --strict on astream/ (with Ray installed: astream.integrations.ray subclasses its
+    Datasink and Datasource)."""
     session.install(TORCH)
-    session.install("-e", ".[test]", "mypy>=1.10")
+    session.install("-e", ".[test,spark,ray]", "mypy>=1.10")
     session.run("mypy")
 
 
@@ -93,7 +108,7 @@ def _install_reference(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-r", "tests/interop/requirements.txt")
     session.install("--no-deps", "mosaicml-streaming==0.13.0")
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,spark,ray]")  # the engines' interop tests and writers_scale
     stubs = str(ROOT / "tests" / "interop" / "_stubs")
     session.env["PYTHONPATH"] = os.pathsep.join(
         p for p in (stubs, session.env.get("PYTHONPATH", "")) if p

@@ -33,6 +33,11 @@ CASES = [
 # about its own defaults (which warnings-as-errors would turn into a crash of every worker).
 SLOW = {"spark_to_mds.py": "pyspark", "ray_to_mds.py": "ray.data"}
 WARNINGS = {"ray_to_mds.py": "error,ignore::DeprecationWarning:ray.data.context"}
+# The engines' examples run in their own session (nox -s engines, which installs pyspark and Ray).
+PARAMS = [
+    pytest.param(*case, id=case[0], marks=[pytest.mark.engines] if case[0] in SLOW else [])
+    for case in CASES
+]
 
 
 def test_every_example_is_tested() -> None:
@@ -40,7 +45,7 @@ def test_every_example_is_tested() -> None:
 
 
 @pytest.mark.timeout(330)  # each run is bounded by its own subprocess timeout below
-@pytest.mark.parametrize(("script", "args", "expected"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("script", "args", "expected"), PARAMS)
 def test_example_runs(script: str, args: list[str], expected: str, tmp_path: Path) -> None:
     if script in SLOW:
         pytest.importorskip(SLOW[script], reason=f"{script} needs {SLOW[script]}")

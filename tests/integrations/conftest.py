@@ -1,6 +1,6 @@
 """What the Spark and Ray writer tests share: the rows they write, and reading a dataset back.
 
-The rows are small on purpose (the default session stays short): an int, a str, bytes, a small
+The rows are small on purpose (the engines session stays short): an int, a str, bytes, a small
 float array and one of a few real PNG images' bytes, each a function of the row's id, so the
 expected sample of every id is computed here and every sample read back is checked.
 """

@@ -34,6 +34,7 @@ from tests.integrations.conftest import (
 from tests.servers.moto_s3 import MotoS3
 
 pytestmark = [
+    pytest.mark.engines,  # run by nox -s engines, which installs Ray
     pytest.mark.timeout(300),
     # Ray's own deprecations (DataContext defaults that warn about themselves).
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray"),

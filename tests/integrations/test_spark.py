@@ -30,7 +30,7 @@ from astream.integrations.spark import dataframe_to_mds, spark_columns
 from tests.integrations.conftest import PNGS, ROWS, assert_samples, expected, stream
 from tests.servers.moto_s3 import MotoS3
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.engines, pytest.mark.timeout(300)]  # run by nox -s engines
 
 # The workers cannot import this test module by its name: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
