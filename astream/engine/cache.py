@@ -124,7 +124,7 @@ def _temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}{_TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _has_size(path: Path, size: int) -> bool:
+def _has_size(path: str | Path, size: int) -> bool:
     try:
         return os.stat(path).st_size == size
     except (FileNotFoundError, NotADirectoryError):
@@ -272,8 +272,10 @@ def peak_bytes(shard: ShardInfo) -> int:
     return sum(raw.bytes + (0 if z is None else z.bytes) for raw, z in _file_pairs(shard))
 
 
-def _complete_in(folder: Path, shard: ShardInfo) -> bool:
-    return all(_has_size(folder / raw.basename, raw.bytes) for raw, _ in _file_pairs(shard))
+def _complete_in(folder: str, shard: ShardInfo) -> bool:
+    """Whether every raw file of ``shard`` is in ``folder`` at its index size. Plain strings,
+    not paths: the window asks this of every shard it passes, thousands of times an epoch."""
+    return all(_has_size(f"{folder}/{raw.basename}", raw.bytes) for raw, _ in _file_pairs(shard))
 
 
 class ShardPin:
@@ -352,7 +354,7 @@ class ShardCache:
         """The folder holding the shard's raw files: :attr:`origin` when they are all there
         (read in place), else :attr:`root`."""
         origin = self.origin
-        if origin is not None and _complete_in(origin, shard):
+        if origin is not None and _complete_in(str(origin), shard):
             return origin
         return self.root
 
@@ -363,9 +365,10 @@ class ShardCache:
     def is_ready(self, shard: ShardInfo) -> bool:
         """Whether the shard's raw files (data, and meta for JSON/CSV) are present at their
         index sizes, which in this cache means complete (see the module invariants)."""
+        # The origin first: a local-only dataset's shards are there, unless compressed.
         origin = self.origin
-        return _complete_in(self.root, shard) or (
-            origin is not None and _complete_in(origin, shard)
+        return (origin is not None and _complete_in(str(origin), shard)) or _complete_in(
+            str(self.root), shard
         )
 
     def _lock_path(self, shard: ShardInfo) -> Path:

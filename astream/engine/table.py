@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from astream.format import DatasetIndex, ShardInfo
+from astream.plan._search import last_at_or_below
 from astream.storage import RetryConfig, TransferConfig
 
 __all__ = ["ShardTable", "StreamSource", "default_local", "local_only_cache"]
@@ -115,7 +116,7 @@ class ShardTable:
 
     def locate(self, ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """``(shard, index in shard)`` of each global sample id (ids must be in range)."""
-        shard = np.searchsorted(self.sample_offsets, ids, side="right").astype(np.int64) - 1
+        shard = last_at_or_below(self.sample_offsets, ids)
         return shard, ids - self.sample_offsets[shard]
 
     def locate_one(self, sample_id: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from astream.errors import PlanError
+from astream.plan._search import last_at_or_below
 from astream.plan.config import OrderConfig
 
 __all__ = ["EpochWeights", "ResampledEpoch", "choose_per_shard", "resample", "resolve_weights"]
@@ -141,7 +142,7 @@ class ResampledEpoch:
         out = np.full(big.shape, -1, np.int64)
         valid = big >= 0
         ids = big[valid]
-        unit = np.searchsorted(self.unit_starts, ids, side="right") - 1
+        unit = last_at_or_below(self.unit_starts, ids)
         offset = ids - self.unit_starts[unit]
         subset_start = self.unit_subset_starts[unit]
         partial = subset_start >= 0
