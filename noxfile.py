@@ -60,6 +60,13 @@ def engines(session: nox.Session) -> None:
     """The Spark and Ray writer tests and examples (pyspark needs Java): heavy installs, minutes."""
     session.install(TORCH)
     session.install("-e", ".[test,spark,ray]")
+    # The tests skip without an engine (or Java): here that would pass with nothing run.
+    session.run(
+        "python",
+        "-c",
+        "import shutil, pyspark, ray.data; "
+        "assert shutil.which('java'), 'pyspark needs Java: java is not on PATH'",
+    )
     session.run(
         "pytest", "-m", "engines", *ENGINE_TESTS, "tests/test_examples.py", *session.posargs
     )
