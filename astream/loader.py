@@ -321,30 +321,36 @@ def _unpickle_batch(data: bytes) -> Any:
 
 
 class _RingBatch:
-    """A collated batch on its way from a worker: pickles through :class:`_BatchPickler`."""
+    """A collated batch on its way from a worker, pickled through :class:`_BatchPickler` where it
+    is made: in the worker's main thread, not in its queue's feeder thread.
 
-    __slots__ = ("batch", "ring")
+    The feeder thread is a daemon that a worker leaving mid-epoch does not wait for (torch
+    cancels the join). Pickling there, a batch's copy into the ring or torch's own reducers ran
+    native code without the GIL while the interpreter shut down, and the thread, ended in that
+    code, took the whole worker down (``terminate called without an active exception``,
+    SIGABRT, which the main process reports as a dead worker). The feeder now only writes bytes.
+    """
+
+    __slots__ = ("data",)
 
     def __init__(self, batch: Any, ring: _BatchRing) -> None:
-        self.batch = batch
-        self.ring = ring
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickled in the worker's queue thread, where an error loses the batch: the main process
-        # would wait for it forever. So the ring never fails a batch that torch would send.
         buffer = io.BytesIO()
         try:
-            _BatchPickler(buffer, self.ring).dump(self.batch)
+            _BatchPickler(buffer, ring).dump(batch)
         except Exception as error:
-            data = ForkingPickler.dumps(self.batch)  # raises as before if the batch cannot go
-            # Logged, not warned: warnings made errors would lose the batch again.
+            data = ForkingPickler.dumps(batch)  # raises as before if the batch cannot go
+            # Logged, not warned: a warning made an error would fail a batch torch would send.
             _log.warning(
                 "StreamingDataLoader: a batch could not go through the worker's ring (%r); it "
                 "went the torch way (an astream bug: please report it)",
                 error,
             )
-            return _unpickle_batch, (bytes(data),)
-        return _unpickle_batch, (buffer.getvalue(),)
+            self.data = bytes(data)
+        else:
+            self.data = buffer.getvalue()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _unpickle_batch, (self.data,)
 
 
 class _RingCollate:

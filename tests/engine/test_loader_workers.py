@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import resource
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -271,7 +272,7 @@ def test_a_full_ring_sends_the_torch_way(
     iterator = iter(loader)
     batches = [next(iterator)]
     # The worker collates and sends all its other batches before the main process takes any:
-    # wait for its last collate, then for its queue thread to pickle that batch too.
+    # wait for its last collate (which pickles the batch), then for its queue thread to send it.
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -462,8 +463,8 @@ def _nested(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_nested_tensors_go_the_torch_way(dataset_dir: Path) -> None:
     # A nested tensor has a storage but no sizes or strides: neither the ring nor the small
-    # tensors' by-value way can rebuild it, and trying to failed the batch's pickling in the
-    # worker's queue thread, so the batch never came (the timeout ends the wait here).
+    # tensors' by-value way can rebuild it, and trying to failed the batch's pickling (then in the
+    # worker's queue thread, so the batch never came: the timeout ends the wait here).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nested tensors are a prototype: torch says so
         loader = _ring_loader(dataset_dir, _nested, num_workers=1, timeout=30)
@@ -476,6 +477,38 @@ def test_nested_tensors_go_the_torch_way(dataset_dir: Path) -> None:
             assert torch.equal(row, torch.full((2 + i,), float(i)))
 
 
+class _PickledWhere:
+    """Records, when pickled, whether that happened in its process's main thread."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return bool, (threading.current_thread() is threading.main_thread(),)
+
+
+def _marking_the_pickling_thread(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**_big_tensors(samples), "main_thread": _PickledWhere()}
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_batches_are_pickled_in_the_worker_main_thread(dataset_dir: Path, context: str) -> None:
+    # Not in the worker's queue thread, which torch does not wait for when the worker leaves
+    # mid-epoch: pickling there (the ring's copy, torch's reducers: native code run without the
+    # interpreter lock) now and then took the worker down with SIGABRT at its exit ("terminate
+    # called without an active exception"; the main process raised "DataLoader worker is killed
+    # by signal: Aborted"). The queue's thread only writes the bytes.
+    loader = _ring_loader(
+        dataset_dir,
+        _marking_the_pickling_thread,
+        num_workers=2,
+        timeout=60,
+        multiprocessing_context=context,
+    )
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["ids"].tolist()) == list(range(N))
+    assert [b["main_thread"] for b in batches] == [True] * len(batches)
+    for batch in batches:
+        _check_big_batch(batch)
+
+
 def _broken_put(self: Any, storage: torch.UntypedStorage) -> int | None:
     raise RuntimeError("a ring that fails")
 
@@ -483,9 +516,9 @@ def _broken_put(self: Any, storage: torch.UntypedStorage) -> int | None:
 def test_a_batch_the_ring_fails_goes_the_torch_way(
     dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The worker's queue thread pickles the batch, where an error loses it and the main process
-    # waits forever (the timeout ends the wait here): whatever goes wrong in the ring's way, the
-    # batch goes the torch way instead (logged in the worker).
+    # Whatever goes wrong in the ring's way, the batch goes the torch way instead (logged in the
+    # worker). When the queue's thread pickled batches, an error there lost the batch and the main
+    # process waited forever (the timeout ends the wait here).
     import astream.loader as loader_module
 
     monkeypatch.setattr(loader_module._BatchRing, "put", _broken_put)  # forked workers too
