@@ -22,7 +22,7 @@ memory only, not mapped shard files). Targets are checked in the same run; a mis
 how much. The bench reports; it asserts nothing. A child that fails leaves its error in the notes.
 
 Options (``python -m benchmarks engine -o KEY=VALUE ...``): ``samples`` (default 100,000;
-20,000 with ``--quick``), ``shards`` (MiB, default ``64,4``), ``parts``, ``stores``
+20,000 with ``--quick``), ``shards`` (MiB, default ``64,4``; ``0.25`` gives 100,000 samples in about 2,200 shards), ``parts``, ``stores``
 (``moto,s3rver``), ``workers`` (``0,2``), ``sides``, ``repeats`` (local runs per row, best
 kept; default 2, 1 with ``--quick``), ``data`` (a directory that keeps the written datasets
 between invocations), ``max_seconds`` (per epoch, default 60; a slower side reports a partial
@@ -88,17 +88,17 @@ class Data:
 
     def __init__(self, root: Path, n: int, notes: list[str]) -> None:
         self.root, self.n, self.notes = root, n, notes
-        self.made: dict[int, dict[str, Path]] = {}
+        self.made: dict[float, dict[str, Path]] = {}
 
-    def dirs(self, mib: int) -> dict[str, Path]:
+    def dirs(self, mib: float) -> dict[str, Path]:
         """Directories by side (astream and mosaicml-streaming share the MDS files)."""
         if mib in self.made:
             return self.made[mib]
-        base = self.root / f"n{self.n}-{mib}mib"
+        base = self.root / f"n{self.n}-{mib:g}mib"
         mds = base / "mds"
         if not (mds / "index.json").exists():
             shutil.rmtree(mds, ignore_errors=True)
-            write_mds(mds, self.n, mib << 20)
+            write_mds(mds, self.n, _shard_bytes(mib))
         out = {"astream": mds, "mosaicml-streaming": mds}
         for kind in WRITERS:
             directory = base / kind
@@ -106,7 +106,7 @@ class Data:
             if not done.exists():
                 shutil.rmtree(directory, ignore_errors=True)
                 args = {"task": "write", "kind": kind, "out": str(directory), "n": self.n}
-                made = spawn(MODULE, {**args, "shard_bytes": mib << 20}, timeout=1800)
+                made = spawn(MODULE, {**args, "shard_bytes": _shard_bytes(mib)}, timeout=1800)
                 if "error" in made:
                     self.notes.append(f"data: writing the {kind} copy failed: {made['error']}")
                     continue
@@ -115,6 +115,11 @@ class Data:
         os.sync()
         self.made[mib] = out
         return out
+
+
+def _shard_bytes(mib: float) -> int:
+    """A shard size given in MiB (``0.25`` for thousands of shards) in bytes."""
+    return int(mib * (1 << 20))
 
 
 def _files(directory: Path) -> list[Path]:
@@ -133,7 +138,7 @@ class Config:
 
         self.quick = quick
         self.n = int(options.get("samples", 20_000 if quick else 100_000))
-        self.shards = [int(v) for v in listed("shards", "64,4")]
+        self.shards = [float(v) for v in listed("shards", "64,4")]
         self.parts = listed("parts", "loader,bare,remote,async,resume,rss")
         self.stores = listed("stores", "moto,s3rver")
         self.workers = [int(v) for v in listed("workers", "0,2")]
@@ -258,7 +263,7 @@ def _part_loader(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, 
     targets: list[dict[str, Any]] = []
     for mib in cfg.shards:
         dirs = data.dirs(mib)
-        where = f"local {mib} MiB"
+        where = f"local {mib:g} MiB"
 
         def run(kind: str, shuffle: bool, workers: int, dirs: dict[str, Path] = dirs) -> Any:
             if kind not in dirs:
@@ -303,7 +308,7 @@ def _part_bare(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, li
                     args |= {"shuffle": shuffle, "loader": False, "max_seconds": cfg.max_seconds}
                     got = spawn(MODULE, args, None, CHILD_TIMEOUT)
                     if "error" in got:
-                        notes.append(f"bare {mib} MiB {kind} failed: {got['error']}")
+                        notes.append(f"bare {mib:g} MiB {kind} failed: {got['error']}")
                         break
                     if best is None or (_rate(got) or 0) > (_rate(best) or 0):
                         best = got
@@ -312,11 +317,11 @@ def _part_bare(cfg: Config, data: Data, notes: list[str]) -> tuple[TableRows, li
                 if best is None:
                     continue
                 rates[(kind, shuffle)] = _rate(best)
-                row = _row(f"local {mib} MiB, no DataLoader, {_run_label(shuffle)}: {kind}", best)
+                row = _row(f"local {mib:g} MiB, no DataLoader, {_run_label(shuffle)}: {kind}", best)
                 row["TTFB s"] = best.get("first")  # the first sample here, not a batch
                 rows.append(row)
         ours_s, ours_u = rates.get(("astream", True)), rates.get(("astream", False))
-        where = f"local {mib} MiB, no DataLoader, w0"
+        where = f"local {mib:g} MiB, no DataLoader, w0"
         targets.append(
             target(
                 f"{where}: astream shuffled / astream unshuffled samples/s",
@@ -438,7 +443,7 @@ def _part_remote(
                 dirs = data.dirs(mib)
                 if k:
                     store = fresh()
-                prefix = f"s{mib}"
+                prefix = f"s{mib:g}"
                 started = time.perf_counter()
                 for kind in [d for d in ("astream", "litdata", "webdataset") if d in dirs]:
                     folder = "mds" if kind == "astream" else kind
@@ -447,10 +452,10 @@ def _part_remote(
                         _upload(root, f"{prefix}/{folder}", f"s3://{store.bucket}", store.options)
                     )
                 notes.append(
-                    f"remote {name} {mib} MiB: uploaded every copy in "
+                    f"remote {name} {mib:g} MiB: uploaded every copy in "
                     f"{time.perf_counter() - started:.0f} s"
                 )
-                where = f"cold {name} {mib} MiB"
+                where = f"cold {name} {mib:g} MiB"
 
                 def run(
                     kind: str,
@@ -547,12 +552,12 @@ def _part_async(
             with _server("s3rver") as (store, _fresh):
                 asyncio.run(_upload(mds, "async/mds", f"s3://{store.bucket}", store.options))
                 place = {"remote": f"s3://{store.bucket}/async/mds"}
-                pair(f"cold s3rver {mib} MiB", place, store.env, cold=True)
+                pair(f"cold s3rver {mib:g} MiB", place, store.env, cold=True)
         except Exception as exc:
             notes.append(f"async s3rver: not run: {type(exc).__name__}: {exc}")
     with http_file_server(mds.parent) as server:
-        pair(f"cold HTTP (aiohttp) {mib} MiB", {"remote": f"{server.url}/mds"}, None, cold=True)
-    pair(f"local {mib} MiB", {"local": str(mds)}, None, cold=False)
+        pair(f"cold HTTP (aiohttp) {mib:g} MiB", {"remote": f"{server.url}/mds"}, None, cold=True)
+    pair(f"local {mib:g} MiB", {"local": str(mds)}, None, cold=False)
     notes.append(
         "async: the dataset is constructed inside the running loop (the ticker sees that too); "
         "a tick's lateness is when it woke minus when it was due (5 ms after the last wake); "
