@@ -366,8 +366,9 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def child_main(children: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
-    """The entry point of a child: run ``argv[1]``'s task, print its result, skip teardown."""
-    args = json.loads(sys.argv[1])
+    """The entry point of a child: run the task of the JSON file named by ``argv[1]``, print its
+    result, skip teardown."""
+    args = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     result = children[args["task"]](args)
     sys.stdout.flush()
     print("\n@@RESULT@@" + json.dumps(result))
@@ -417,9 +418,12 @@ def spawn(
         # Its own temp dir: mosaicml-streaming leaves lock files there (shared/TESTING.md).
         full_env["TMPDIR"] = tmp
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        # In a file, not on the command line: thousands of shard URLs pass argv's limit.
+        task = Path(tmp) / "task.json"
+        task.write_text(json.dumps(args), encoding="utf-8")
         with out.open("wb") as stdout, err.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, json.dumps(args)],
+                [sys.executable, "-m", module, str(task)],
                 cwd=ROOT,
                 env=full_env,
                 stdout=stdout,
