@@ -22,7 +22,7 @@ memory only, not mapped shard files). Targets are checked in the same run; a mis
 how much. The bench reports; it asserts nothing. A child that fails leaves its error in the notes.
 
 Options (``python -m benchmarks engine -o KEY=VALUE ...``): ``samples`` (default 100,000;
-20,000 with ``--quick``), ``shards`` (MiB, default ``64,4``; ``0.25`` gives 100,000 samples in about 2,200 shards), ``parts``, ``stores``
+20,000 with ``--quick``), ``shards`` (MiB, default ``64,4``; ``0.25`` gives 100,000 samples in 1,588 shards), ``parts``, ``stores``
 (``moto,s3rver``), ``workers`` (``0,2``), ``sides``, ``repeats`` (local runs per row, best
 kept; default 2, 1 with ``--quick``), ``data`` (a directory that keeps the written datasets
 between invocations), ``max_seconds`` (per epoch, default 60; a slower side reports a partial
