@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import astream
+from astream.errors import MissingDependencyError
 
 API_PAGE = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
@@ -27,14 +28,19 @@ WRITERS = ["MDSWriter", "JSONLWriter", "CSVWriter", "TSVWriter", "XSVWriter"]
 
 
 def _documented() -> dict[str, Any]:
-    """``::: module.name`` directive target -> the object it renders."""
+    """``::: module.name`` directive target -> the object it renders; targets whose module
+    needs an extra this environment lacks (the Spark and Ray writers: ``nox -s engines``) are
+    left out: none of them is a name of ``astream.__all__``."""
     objects: dict[str, Any] = {}
     for target in re.findall(r"^::: ([\w.]+)", API_PAGE.read_text(), re.MULTILINE):
         module, _, name = target.rpartition(".")
         try:
-            objects[target] = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            objects[target] = importlib.import_module(target)
+            try:
+                objects[target] = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                objects[target] = importlib.import_module(target)
+        except MissingDependencyError:
+            continue
     return objects
 
 
