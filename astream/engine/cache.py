@@ -20,6 +20,9 @@ Layout under ``root``::
                                     read it (a "pin")
     .astream/shards/<shard>.json    one per shard on disk: the files it consists of; its mtime
                                     is the shard's last use (LRU)
+    .astream/downloads/<shard>.<pid>  one per download under way (or killed): its holder may have
+                                    temporary files, which the next holder of the shard's lock
+                                    removes (only then is the shard's folder listed for them)
     .astream/verified/<file>.<algo>.json
                                     a raw file whose hash matched the index: its inode, size and
                                     mtime when checked (check_hash)
@@ -31,7 +34,9 @@ Invariants:
   the index's size" (:meth:`ShardCache.is_ready`) means ready, with no lock needed to check.
 - Only the holder of a shard's exclusive lock writes, renames or deletes that shard's files;
   temporary files of a shard are therefore garbage whenever one holds its lock, and the holder
-  removes those a killed process left behind. One exception: when a shard's files are deleted
+  removes those a killed process left behind (a download's marker in ``.astream/downloads/``
+  outlives it only then: a normal download never lists the shard's folder, which holds every
+  shard of a dataset). One exception: when a shard's files are deleted
   from outside while only readers hold it (shared locks), a process that needs it again fetches
   it under a shared lock of its own, writing only its own temporary files and renaming complete
   files into place (several such may rename the same bytes; eviction still needs the exclusive
@@ -219,6 +224,11 @@ def _temps_of(final: Path) -> list[os.DirEntry[str]]:
     except FileNotFoundError:
         return []
     return [entry for entry in entries if entry.name.startswith(prefix)]
+
+
+def _marker_prefix(shard: ShardInfo) -> str:
+    """The start of the names of ``shard``'s download markers (then a pid)."""
+    return f"{urllib.parse.quote(shard.raw.basename, safe='')}."
 
 
 def _remove_temps(final: Path) -> None:
@@ -469,6 +479,7 @@ class ShardCache:
             orphaned.append(pin)
             return True
 
+        marker: Path | None = None
         lock = await FileLock.acquire_async(lock_path, until=ready_or_orphaned)
         if lock is None and orphaned:
             lock = orphaned[0]
@@ -482,17 +493,22 @@ class ShardCache:
                 self._count(hits=1)
                 self.touch(shard)
                 return path
-            for raw, zip_info in _file_pairs(shard):
-                for info in (raw, zip_info):
-                    # Not through a folder that resolves outside (_fetch_file then refuses).
-                    # Under a shared lock another reader may be fetching too: its temporary
-                    # files are its own.
-                    if (
-                        info is not None
-                        and not orphaned
-                        and self._inside(self.root / info.basename)
-                    ):
-                        _remove_temps(self.root / info.basename)
+            # A download's marker outlives it only when its process was killed: then (and only
+            # then: listing the folder costs as much as the shards in it) its temporary files
+            # are removed. Under a shared lock another reader may be fetching too: its
+            # temporary files and marker are its own.
+            left = [] if orphaned else self._download_markers(shard)
+            if left:
+                for raw, zip_info in _file_pairs(shard):
+                    for info in (raw, zip_info):
+                        # Not through a folder that resolves outside (_fetch_file refuses).
+                        if info is not None and self._inside(self.root / info.basename):
+                            _remove_temps(self.root / info.basename)
+                for stale in left:
+                    _unlink(stale)
+            marker = self._meta / "downloads" / f"{_marker_prefix(shard)}{os.getpid()}"
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
             if self.evictable and self.limit is not None:
                 # Makes room and reserves it until this download's files hold it (below).
                 await anyio.to_thread.run_sync(
@@ -523,9 +539,27 @@ class ShardCache:
             self._count(misses=1)
             self.touch(shard)
         finally:
+            # _fetch_file removed its temporary files (renamed, or deleted on failure).
+            if marker is not None:
+                _unlink(marker)
             _unlink(self._reservation_path(shard))
             lock.release()
         return path
+
+    def _download_markers(self, shard: ShardInfo) -> list[Path]:
+        """The markers of downloads of ``shard`` under way or killed (see the module's layout):
+        a listing of the downloads folder, which holds only those."""
+        folder = self._meta / "downloads"
+        prefix = _marker_prefix(shard)
+        try:
+            with os.scandir(folder) as entries:
+                return [
+                    Path(e.path)
+                    for e in entries
+                    if e.name.startswith(prefix) and e.name[len(prefix) :].isdigit()
+                ]
+        except FileNotFoundError:
+            return []
 
     async def _fetch_file(
         self,

@@ -67,6 +67,28 @@ async def test_fetch_downloads_once_and_counts(remote: Path, local: Path, log: P
 
 
 @pytest.mark.anyio
+async def test_downloads_do_not_list_the_shards_folder(
+    remote: Path, local: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Listing a folder of thousands of shards before each download made an epoch's downloads
+    # quadratic: only a download whose marker a killed process left (test_cache_kill) looks
+    # for its temporary files, and a normal one leaves no marker behind.
+    listed: list[Path] = []
+    real = cache_module._temps_of
+    monkeypatch.setattr(
+        cache_module, "_temps_of", lambda final: listed.append(final) or real(final)
+    )
+    shards = write_dataset(remote, [SIZE] * 6)
+    cache = ShardCache(local, limit=SIZE * 6 + (1 << 20))
+    store = CountingStore(remote, log)
+    await asyncio.gather(*(cache.fetch(store, shard) for shard in shards))
+    assert listed == []
+    assert downloads(log) == {shard.raw.basename: 1 for shard in shards}
+    assert list((local / ".astream" / "downloads").iterdir()) == []
+    assert temp_files(local) == []
+
+
+@pytest.mark.anyio
 async def test_a_file_of_the_wrong_size_is_not_ready_and_is_replaced(
     remote: Path, local: Path, log: Path
 ) -> None:
