@@ -600,7 +600,7 @@ class ShardCache:
                 await self._check_hash(shard, raw, tmp, validate_hash)
                 os.replace(tmp, dest)
                 if validate_hash is not None:
-                    self._record_verified(raw, validate_hash, dest)
+                    self._record_verified(_verified_name(raw, validate_hash), _file_key(dest))
                 return
             zip_dest = self.root / zip_info.basename
             in_origin = None if self.origin is None else self.origin / zip_info.basename
@@ -637,7 +637,7 @@ class ShardCache:
             os.replace(raw_tmp, dest)
             if validate_hash is not None:
                 # Decompressed from a checked file: as good as checked itself.
-                self._record_verified(raw, validate_hash, dest)
+                self._record_verified(_verified_name(raw, validate_hash), _file_key(dest))
         finally:
             # After a success each temp was renamed or deleted and this finds nothing.
             for tmp in temps:
@@ -696,16 +696,18 @@ class ShardCache:
                 known = None
             if known != key:
                 _verify_file(shard, raw, path, algo)
-                self._record_verified(raw, algo, path)
+                # The key read before hashing: a file changed meanwhile is checked again.
+                self._record_verified(name, key)
             self._verified[name] = key
 
-    def _record_verified(self, raw: FileInfo, algo: str, path: Path) -> None:
-        """Record that the file at ``path`` (raw file ``raw``) matches its ``algo`` hash. Best
-        effort: without the record (a full disk), the next reader only hashes it again."""
+    def _record_verified(self, name: str, key: list[int]) -> None:
+        """Record, as ``name`` (:func:`_verified_name`), that the file whose :func:`_file_key`
+        is ``key`` matches its hash. Best effort: without the record (a full disk), the next
+        reader only hashes it again."""
         with contextlib.suppress(OSError):
-            record = self._meta / "verified" / _verified_name(raw, algo)
+            record = self._meta / "verified" / name
             record.parent.mkdir(parents=True, exist_ok=True)
-            _replace_json(record, _file_key(path))
+            _replace_json(record, key)
 
     # -- reading: pins -------------------------------------------------------------------------
 
